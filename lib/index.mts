@@ -1,0 +1,14 @@
+/**
+ * ESM entry: `import tcplog from 'express-tcplog'` or `import { tcplog } from 'express-tcplog'`.
+ * It re-exports the CommonJS build rather than shipping a second copy, so an app that loads the
+ * package both ways still has one client per destination.
+ */
+import tcplog from './index.js';
+
+export default tcplog;
+export { tcplog };
+export type { TcpLogOptions, TcpLogMoreOptions } from './options.js';
+export type { TcpLogStats } from './client.js';
+export type { TcpLogRecord } from './record.js';
+export type { TcpLogDeliveryError } from './errors.js';
+export type TcpLogMiddleware = tcplog.Middleware;

@@ -1,0 +1,140 @@
+/**
+ * express-tcplog: `tcplog(options)` returns an Express/Connect middleware that logs every request
+ * as one Kong tcp-log JSON record over a shared keepalive TCP/TLS connection.
+ *
+ * This file is the CommonJS entry (`require()` returns the factory itself); `index.mts` is the ESM
+ * entry over the same build, so CJS and ESM users share one client per destination.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import type * as Client from './client.js';
+import { TcpLogDeliveryError, PACKAGE, TcpLogOptionRangeError, TcpLogOptionTypeError } from './errors.js';
+import { createHandler, type Handler, type Instance, type Next } from './middleware.js';
+import { parseOptions } from './options.js';
+import type * as Options from './options.js';
+import type * as Record from './record.js';
+import { acquireClient, releaseClient } from './registry.js';
+
+/** The middleware: `(req, res, next)` plus `close()` and `stats()`. */
+interface TcpLogMiddleware {
+  (req: IncomingMessage, res: ServerResponse, next: Next): void;
+  /**
+   * Flushes what is buffered (bounded by `timeout`), then releases this instance's hold on the
+   * connection; requests that finish afterwards are not logged by it. Idempotent.
+   */
+  close(): Promise<void>;
+  /** Counters of this instance's destination (shared by every instance pointing there). */
+  stats(): Client.TcpLogStats;
+}
+
+interface TcpLogFactory {
+  /** Logs to the server given by `options` (`host` and `port` required). */
+  (options: Options.TcpLogOptions): TcpLogMiddleware;
+  /** Logs to `'tcp://host:port'` or `'tls://host:port'`, with more options beside. */
+  (connection: string, options?: Options.TcpLogMoreOptions): TcpLogMiddleware;
+  /** The factory itself, for `const { tcplog } = require('express-tcplog')`. */
+  readonly tcplog: TcpLogFactory;
+  /** The factory itself, for tools that read `.default` of a CommonJS module. */
+  readonly default: TcpLogFactory;
+}
+
+const MISUSE =
+  `${PACKAGE}: tcplog was passed to app.use() without being called. ` +
+  `Write app.use(tcplog({ host: '127.0.0.1', port: 9999 })) or app.use(tcplog('tcp://127.0.0.1:9999')).`;
+
+/** `app.use(tcplog)` makes Express call the factory as a middleware: (req, res, next). */
+function looksLikeMiddlewareCall(first: unknown, second: unknown, third: unknown): boolean {
+  return (
+    typeof third === 'function' &&
+    typeof first === 'object' &&
+    first !== null &&
+    'headers' in first &&
+    'method' in first &&
+    typeof second === 'object' &&
+    second !== null &&
+    'setHeader' in second
+  );
+}
+
+function createTcplog(target: unknown, more?: unknown, ...rest: unknown[]): TcpLogMiddleware {
+  if (looksLikeMiddlewareCall(target, more, rest[0])) {
+    // Failing the request through next() shows the mistake on the first request instead of hanging it.
+    (rest[0] as Next)(new TypeError(MISUSE));
+    return undefined as unknown as TcpLogMiddleware;
+  }
+  if (rest.length > 0) {
+    throw new TypeError(`${PACKAGE}: tcplog() takes at most two arguments (a connection string and options); got ${2 + rest.length}`);
+  }
+  const settings = parseOptions(target, more);
+  const client = acquireClient(settings.destination, settings.onError);
+  let closing: Promise<void> | null = null;
+  let reportedInternal = false;
+
+  const instance: Instance = {
+    record: settings.record,
+    sink: client,
+    closed: false,
+    reportInternal(err: unknown): void {
+      const error = err instanceof Error ? err : new Error(String(err));
+      if (settings.onError) {
+        try {
+          settings.onError(error);
+        } catch {
+          // A throwing onError must not reach the request path either.
+        }
+      } else if (!reportedInternal) {
+        reportedInternal = true;
+        process.emitWarning(`${PACKAGE}: a record could not be built and was skipped: ${error.message}`, {
+          code: 'EXPRESS_TCPLOG_INTERNAL',
+        });
+      }
+    },
+  };
+
+  const handler: Handler = createHandler(instance);
+  const middleware = handler as TcpLogMiddleware;
+  middleware.close = function close(): Promise<void> {
+    if (!closing) {
+      instance.closed = true;
+      closing = (async function flushAndRelease() {
+        await client.flush(settings.destination.timeout);
+        const dropped = releaseClient(client, settings.onError);
+        if (dropped > 0) {
+          instance.reportInternal(
+            new TcpLogDeliveryError(
+              settings.destination.label,
+              'EDROPPED',
+              `close() gave up on ${dropped} records after ${settings.destination.timeout} ms`,
+            ),
+          );
+        }
+      })();
+    }
+    return closing;
+  };
+  middleware.stats = function stats(): Client.TcpLogStats {
+    return client.stats();
+  };
+  return middleware;
+}
+
+const tcplog = createTcplog as TcpLogFactory;
+Object.defineProperties(tcplog, {
+  tcplog: { value: tcplog, enumerable: true },
+  default: { value: tcplog, enumerable: false },
+  TcpLogDeliveryError: { value: TcpLogDeliveryError, enumerable: false },
+  TcpLogOptionTypeError: { value: TcpLogOptionTypeError, enumerable: false },
+  TcpLogOptionRangeError: { value: TcpLogOptionRangeError, enumerable: false },
+});
+
+// Types only: `import tcplog = require('express-tcplog'); let o: tcplog.TcpLogOptions`.
+declare namespace tcplog {
+  export type TcpLogOptions = Options.TcpLogOptions;
+  export type TcpLogMoreOptions = Options.TcpLogMoreOptions;
+  export type TcpLogStats = Client.TcpLogStats;
+  export type TcpLogRecord = Record.TcpLogRecord;
+  export type Middleware = TcpLogMiddleware;
+  export type Factory = TcpLogFactory;
+  export type DeliveryError = TcpLogDeliveryError;
+}
+
+export = tcplog;

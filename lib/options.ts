@@ -1,0 +1,394 @@
+/**
+ * The public options, their defaults, and `parseOptions()`: validation and precomputation done
+ * once, in the factory, so the per-request path does no checking. Pure.
+ */
+import { isIP } from 'node:net';
+import type { ConnectionOptions } from 'node:tls';
+import { PACKAGE, TcpLogOptionRangeError, TcpLogOptionTypeError, show } from './errors.js';
+
+/** Options of `tcplog(options)`. Only `host` and `port` are required. */
+export interface TcpLogOptions {
+  /** Host name or IP address of the log server, without a port. Required. */
+  host: string;
+  /** TCP port of the log server, an integer from 1 to 65535. Required. */
+  port: number;
+  /**
+   * Milliseconds that bound connecting, a stalled write (no `drain`) and `close()`.
+   * @default 10000
+   */
+  timeout?: number;
+  /**
+   * Milliseconds an idle connection lives before it is closed; `0` keeps it open.
+   * @default 60000
+   */
+  keepalive?: number;
+  /**
+   * `true`, or Node `tls.ConnectionOptions` (`ca`, `cert`, `key`, `servername`...), to connect over
+   * TLS. Certificates are verified unless you set `rejectUnauthorized: false` yourself.
+   * @default false
+   */
+  tls?: boolean | ConnectionOptions;
+  /**
+   * SNI name sent in the TLS handshake and checked against the certificate (Kong's `tls_sni`).
+   * @default host
+   */
+  tlsServername?: string;
+  /**
+   * Record separator: `"\r\n"` (Kong 0.x), or `"\n"` for receivers that would keep the CR.
+   * @default "\r\n"
+   */
+  delimiter?: '\r\n' | '\n';
+  /**
+   * Bytes of records allowed to wait (server down, slow, reconnecting). Beyond it the oldest
+   * records are dropped and counted in `stats().dropped`.
+   * @default 16777216 (16 MiB)
+   */
+  maxBufferBytes?: number;
+  /**
+   * Header names (any case) whose values are logged as `"REDACTED"`, in requests and responses;
+   * `false` logs every header as it is.
+   * @default ['authorization', 'proxy-authorization', 'cookie', 'set-cookie']
+   */
+  redact?: readonly string[] | false;
+  /** A JSON object logged as `api` in every record, e.g. `{ name: 'users' }`. */
+  api?: Record<string, unknown>;
+  /**
+   * Called with each connection problem (a `TcpLogDeliveryError`). Never called from the request
+   * path; an exception it throws is ignored.
+   * @default a warning on stderr once when delivery starts failing and once when it recovers
+   */
+  onError?: (err: Error) => void;
+}
+
+/** Everything `tcplog()` accepts after a connection string. */
+export type TcpLogMoreOptions = Partial<TcpLogOptions>;
+
+export const DEFAULT_TIMEOUT = 10_000;
+export const DEFAULT_KEEPALIVE = 60_000;
+export const DEFAULT_MAX_BUFFER_BYTES = 16 * 1024 * 1024;
+export const DEFAULT_REDACT: readonly string[] = Object.freeze([
+  'authorization',
+  'proxy-authorization',
+  'cookie',
+  'set-cookie',
+]);
+
+/** What the client needs to reach one destination; equal keys share one connection. */
+export interface DestinationSettings {
+  readonly host: string;
+  readonly port: number;
+  readonly timeout: number;
+  readonly keepalive: number;
+  readonly maxBufferBytes: number;
+  /** `null` for plain TCP; otherwise the options given to `tls.connect`. */
+  readonly tls: Readonly<ConnectionOptions> | null;
+  /** `tcp://host:port` or `tls://host:port`, for messages. */
+  readonly label: string;
+  /** Identity of the destination in the registry. */
+  readonly key: string;
+}
+
+/** What the middleware needs to build a record. */
+export interface RecordSettings {
+  readonly delimiter: '\r\n' | '\n';
+  /** Lower-case header names to redact, or `null` when redaction is off. */
+  readonly redact: ReadonlySet<string> | null;
+  /** `api` serialized once, or `null` when not set. */
+  readonly apiJson: string | null;
+}
+
+export interface Settings {
+  readonly destination: DestinationSettings;
+  readonly record: RecordSettings;
+  readonly onError: ((err: Error) => void) | null;
+}
+
+const KNOWN_OPTIONS = [
+  'host',
+  'port',
+  'timeout',
+  'keepalive',
+  'tls',
+  'tlsServername',
+  'delimiter',
+  'maxBufferBytes',
+  'redact',
+  'api',
+  'onError',
+] as const;
+
+/** setTimeout() silently turns anything above this into 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
+/** Turns `tcplog(...)`'s arguments into frozen settings, or throws a message naming the option. */
+export function parseOptions(target: unknown, more?: unknown): Settings {
+  const options = mergeTarget(target, more);
+  checkKnownNames(options);
+
+  const host = parseHost(options['host']);
+  const port = parsePort(options['port']);
+  const timeout = parseInteger('timeout', options['timeout'], DEFAULT_TIMEOUT, 1, MAX_TIMER_MS);
+  const keepalive = parseInteger('keepalive', options['keepalive'], DEFAULT_KEEPALIVE, 0, MAX_TIMER_MS);
+  const maxBufferBytes = parseInteger(
+    'maxBufferBytes',
+    options['maxBufferBytes'],
+    DEFAULT_MAX_BUFFER_BYTES,
+    1,
+    Number.MAX_SAFE_INTEGER,
+  );
+  const tls = parseTls(options['tls'], options['tlsServername'], host);
+  const delimiter = parseDelimiter(options['delimiter']);
+  const redact = parseRedact(options['redact']);
+  const apiJson = parseApi(options['api']);
+  const onError = parseOnError(options['onError']);
+
+  const scheme = tls ? 'tls' : 'tcp';
+  const hostPart = isIP(host) === 6 ? `[${host}]` : host;
+  const label = `${scheme}://${hostPart}:${port}`;
+  const destination: DestinationSettings = Object.freeze({
+    host,
+    port,
+    timeout,
+    keepalive,
+    maxBufferBytes,
+    tls,
+    label,
+    // Instances that differ in any connection setting get their own connection, so that no
+    // instance's timeout or buffer bound is silently ignored.
+    key: `${label} timeout=${timeout} keepalive=${keepalive} max=${maxBufferBytes} tls=${tlsKey(tls)}`,
+  });
+  return Object.freeze({
+    destination,
+    record: Object.freeze({ delimiter, redact, apiJson }),
+    onError,
+  });
+}
+
+function isPlainObject(value: unknown): value is Record<string, unknown> {
+  if (value === null || typeof value !== 'object' || Array.isArray(value)) return false;
+  const proto: unknown = Object.getPrototypeOf(value);
+  return proto === Object.prototype || proto === null;
+}
+
+function mergeTarget(target: unknown, more: unknown): Record<string, unknown> {
+  if (more !== undefined && !isPlainObject(more)) {
+    throw new TypeError(
+      `${PACKAGE}: the second argument must be an options object, as in tcplog('tcp://host:port', { keepalive: 0 }); got ${show(more)}`,
+    );
+  }
+  if (typeof target === 'string') {
+    const fromUrl = parseConnectionString(target);
+    if (more !== undefined) {
+      for (const name of ['host', 'port'] as const) {
+        if (name in more) {
+          throw new TypeError(
+            `${PACKAGE}: option "${name}" is already given by the connection string ${show(target)}; leave it out of the options object`,
+          );
+        }
+      }
+      if (fromUrl.tls && 'tls' in more && (more['tls'] === false || more['tls'] === undefined)) {
+        throw new TypeError(
+          `${PACKAGE}: option "tls" is ${show(more['tls'])} but the connection string ${show(target)} asks for TLS`,
+        );
+      }
+    }
+    const merged: Record<string, unknown> = { ...more, host: fromUrl.host, port: fromUrl.port };
+    if (fromUrl.tls && (more?.['tls'] === undefined || more['tls'] === true)) merged['tls'] = true;
+    return merged;
+  }
+  if (more !== undefined) {
+    throw new TypeError(
+      `${PACKAGE}: a second argument is only taken after a connection string; put every option in the first object`,
+    );
+  }
+  if (target === undefined) {
+    throw new TypeError(
+      `${PACKAGE}: options are required: tcplog({ host: '127.0.0.1', port: 9999 }) or tcplog('tcp://127.0.0.1:9999')`,
+    );
+  }
+  if (!isPlainObject(target)) {
+    throw new TypeError(
+      `${PACKAGE}: options must be an object like { host: '127.0.0.1', port: 9999 } or a connection string like 'tcp://127.0.0.1:9999'; got ${show(target)}`,
+    );
+  }
+  return target;
+}
+
+function parseConnectionString(text: string): { host: string; port: number; tls: boolean } {
+  const bad = (why: string): TypeError =>
+    new TypeError(
+      `${PACKAGE}: connection string ${show(text)} ${why}; expected 'tcp://host:port' or 'tls://host:port'`,
+    );
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw bad('is not a URL');
+  }
+  if (url.protocol !== 'tcp:' && url.protocol !== 'tls:') throw bad(`has scheme "${url.protocol.slice(0, -1)}"`);
+  if (url.username || url.password) throw bad('has user information, which is not used');
+  if ((url.pathname && url.pathname !== '/') || url.search || url.hash) throw bad('has a path, query or fragment');
+  if (!url.hostname) throw bad('has no host');
+  // URL drops a port equal to the scheme's default; tcp:/tls: have none, so an empty port is absent.
+  if (!url.port) throw bad('has no port');
+  const host = url.hostname.startsWith('[') ? url.hostname.slice(1, -1) : url.hostname;
+  return { host, port: Number(url.port), tls: url.protocol === 'tls:' };
+}
+
+/** Levenshtein distance, for "did you mean" on misspelled option names. */
+function distance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i];
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1;
+      current[j] = Math.min((previous[j] ?? 0) + 1, (current[j - 1] ?? 0) + 1, (previous[j - 1] ?? 0) + cost);
+    }
+    previous = current;
+  }
+  return previous[b.length] ?? 0;
+}
+
+function closestOption(name: string): string | undefined {
+  const lower = name.toLowerCase();
+  let best: string | undefined;
+  let bestDistance = Infinity;
+  for (const known of KNOWN_OPTIONS) {
+    const d = known.toLowerCase() === lower ? 0 : distance(lower, known.toLowerCase());
+    if (d < bestDistance) {
+      best = known;
+      bestDistance = d;
+    }
+  }
+  return bestDistance <= Math.max(2, Math.floor(name.length / 3)) ? best : undefined;
+}
+
+function checkKnownNames(options: Record<string, unknown>): void {
+  for (const name of Object.keys(options)) {
+    if ((KNOWN_OPTIONS as readonly string[]).includes(name)) continue;
+    const guess = closestOption(name);
+    const hint = guess ? `did you mean "${guess}"?` : `known options: ${KNOWN_OPTIONS.join(', ')}`;
+    throw new TypeError(`${PACKAGE}: unknown option "${name}"; ${hint}`);
+  }
+}
+
+function parseHost(value: unknown): string {
+  if (typeof value !== 'string' || value.length === 0) {
+    throw new TcpLogOptionTypeError('host', value, 'a non-empty string: a host name or IP address');
+  }
+  if (/^[a-z][a-z0-9+.-]*:\/\//i.test(value)) {
+    throw new TcpLogOptionTypeError(
+      'host',
+      value,
+      `a host name or IP address without a scheme (pass the whole URL as the first argument instead: tcplog(${show(value)}))`,
+    );
+  }
+  if (isIP(value) === 6) return value;
+  if (/^\[.*\]$/.test(value)) {
+    throw new TcpLogOptionTypeError('host', value, 'an IPv6 address without brackets');
+  }
+  if (value.includes(':')) {
+    throw new TcpLogOptionTypeError('host', value, 'a host name or IP address without a port (give the port as "port")');
+  }
+  if (/[\s/?#@\\]/.test(value) || value.length > 253) {
+    throw new TcpLogOptionTypeError('host', value, 'a host name or IP address');
+  }
+  return value;
+}
+
+function parsePort(value: unknown): number {
+  if (typeof value !== 'number') {
+    throw new TcpLogOptionTypeError('port', value, 'a number, an integer from 1 to 65535');
+  }
+  if (!Number.isInteger(value) || value < 1 || value > 65535) {
+    throw new TcpLogOptionRangeError('port', value, 'an integer from 1 to 65535');
+  }
+  return value;
+}
+
+function parseInteger(name: string, value: unknown, fallback: number, min: number, max: number): number {
+  if (value === undefined) return fallback;
+  const allowed = `an integer from ${min} to ${max} (default ${fallback})`;
+  if (typeof value !== 'number') throw new TcpLogOptionTypeError(name, value, `a number, ${allowed}`);
+  if (!Number.isInteger(value) || value < min || value > max) {
+    throw new TcpLogOptionRangeError(name, value, allowed);
+  }
+  return value;
+}
+
+function parseTls(value: unknown, servername: unknown, host: string): Readonly<ConnectionOptions> | null {
+  if (servername !== undefined && (typeof servername !== 'string' || servername.length === 0)) {
+    throw new TcpLogOptionTypeError('tlsServername', servername, 'a non-empty string');
+  }
+  if (value === undefined || value === false) {
+    if (servername !== undefined) {
+      throw new TcpLogOptionTypeError('tlsServername', servername, 'used with "tls" set; set tls: true as well');
+    }
+    return null;
+  }
+  let base: ConnectionOptions;
+  if (value === true) base = {};
+  else if (isPlainObject(value)) base = value as ConnectionOptions;
+  else throw new TcpLogOptionTypeError('tls', value, 'true, false, or an object of tls.connect() options');
+  const sni = (servername as string | undefined) ?? base.servername ?? (isIP(host) ? undefined : host);
+  // Node refuses an IP address as SNI name; the certificate is then checked against `host`.
+  const merged: ConnectionOptions = { ...base };
+  if (sni !== undefined) merged.servername = sni;
+  return Object.freeze(merged);
+}
+
+/** A stable text for TLS options, so that equal settings share a connection. */
+function tlsKey(tls: Readonly<ConnectionOptions> | null): string {
+  if (!tls) return 'off';
+  return JSON.stringify(tls, function describe(_key, value: unknown) {
+    if (Buffer.isBuffer(value)) return `buffer:${value.toString('base64')}`;
+    if (typeof value === 'function') return `function:${value.name}:${String(value).length}`;
+    return value;
+  });
+}
+
+function parseDelimiter(value: unknown): '\r\n' | '\n' {
+  if (value === undefined) return '\r\n';
+  if (value === '\r\n' || value === '\n') return value;
+  throw new TcpLogOptionTypeError('delimiter', value, '"\\r\\n" (default) or "\\n"');
+}
+
+function parseRedact(value: unknown): ReadonlySet<string> | null {
+  if (value === undefined) return new Set(DEFAULT_REDACT);
+  if (value === false) return null;
+  if (!Array.isArray(value)) {
+    throw new TcpLogOptionTypeError('redact', value, 'an array of header names, or false to log every header');
+  }
+  const names = new Set<string>();
+  for (const name of value as unknown[]) {
+    if (typeof name !== 'string' || !/^[!#$%&'*+.^_`|~0-9A-Za-z-]+$/.test(name)) {
+      throw new TcpLogOptionTypeError('redact', value, `an array of header names; ${show(name)} is not one`);
+    }
+    names.add(name.toLowerCase());
+  }
+  return names.size === 0 ? null : names;
+}
+
+function parseApi(value: unknown): string | null {
+  if (value === undefined) return null;
+  if (!isPlainObject(value)) {
+    throw new TcpLogOptionTypeError('api', value, 'a plain object, e.g. { name: "users" }');
+  }
+  let json: string;
+  try {
+    json = JSON.stringify(value);
+  } catch (err) {
+    throw new TcpLogOptionTypeError(
+      'api',
+      value,
+      `an object JSON can serialize (${(err as Error).message})`,
+    );
+  }
+  return json;
+}
+
+function parseOnError(value: unknown): ((err: Error) => void) | null {
+  if (value === undefined) return null;
+  if (typeof value !== 'function') throw new TcpLogOptionTypeError('onError', value, 'a function (err) => void');
+  return value as (err: Error) => void;
+}

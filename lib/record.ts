@@ -1,0 +1,204 @@
+/**
+ * A captured exchange -> one Kong tcp-log record as JSON text. Pure: everything it reads was
+ * captured by the middleware, nothing here touches a socket or the clock.
+ *
+ * Objects built from request data (query, headers) have no prototype, so `__proto__`,
+ * `constructor` and `prototype` are ordinary keys; JSON.stringify escapes every control
+ * character, so nothing from a request can end a record early.
+ */
+import type { RecordSettings } from './options.js';
+
+/** Everything the middleware captured about one request and its response. */
+export interface CapturedExchange {
+  readonly method: string;
+  /** Path and query as the client sent them (`originalUrl`). */
+  readonly url: string;
+  readonly httpVersion: string;
+  /** `req.rawHeaders`: names in their original case, repeats kept, values latin1-decoded. */
+  readonly rawHeaders: readonly string[];
+  readonly requestBodyBytes: number;
+  readonly scheme: string;
+  /** Host header, or `address:port` of the socket when there is none. */
+  readonly host: string;
+  /** Epoch ms when the request reached the middleware. */
+  readonly startedAt: number;
+  /** Monotonic ms: arrival, headers written (null if never), finish. */
+  readonly arrivedAt: number;
+  readonly headersAt: number | null;
+  readonly finishedAt: number;
+  /** `null` when no response head went out (aborted before headers). */
+  readonly response: CapturedResponse | null;
+  readonly responseBytes: number;
+  readonly clientIp: string | undefined;
+  readonly route: { readonly path: string; readonly baseUrl: string } | null;
+}
+
+export interface CapturedResponse {
+  readonly status: number;
+  /** The head as sent (`res._header`), when Node exposes it. */
+  readonly head: string | null;
+  /** `res.getHeaders()`, the fallback when the head text is not available. */
+  readonly headers: Readonly<Record<string, number | string | readonly string[] | undefined>> | null;
+}
+
+/** Header and query values: a string, or an array when the name repeats. */
+export type LoggedValue = string | boolean | Array<string | boolean>;
+
+/** One record, as written (before the delimiter). */
+export interface TcpLogRecord {
+  request: {
+    method: string;
+    uri: string;
+    request_uri: string;
+    size: number;
+    querystring: Record<string, LoggedValue>;
+    headers: Record<string, string | string[]>;
+  };
+  response: {
+    /** Absent when the client went away before any response head was sent. */
+    status?: number;
+    size: number;
+    headers: Record<string, string | string[]>;
+  };
+  latencies: {
+    /** ms from the request reaching the middleware to the response finishing. */
+    request: number;
+    /** ms until the response headers were written; absent when they never were. */
+    proxy?: number;
+  };
+  api?: Record<string, unknown>;
+  route?: { path: string; base_url: string };
+  started_at: number;
+  client_ip?: string;
+}
+
+const REDACTED = 'REDACTED';
+const utf8 = new TextDecoder('utf-8', { fatal: true });
+const NON_ASCII = /[^\x00-\x7f]/;
+
+/** Serializes one exchange. The caller adds the delimiter (see framing.ts). */
+export function serializeRecord(exchange: CapturedExchange, settings: RecordSettings): string {
+  // "<method> <uri> HTTP/<version>\r\n": three separators, "HTTP/" and CRLF are 9 bytes.
+  const requestHead =
+    exchange.method.length + exchange.url.length + exchange.httpVersion.length + 9 + rawHeadersBytes(exchange.rawHeaders);
+  const request = {
+    method: exchange.method,
+    uri: exchange.url,
+    request_uri: `${exchange.scheme}://${exchange.host}${exchange.url}`,
+    size: requestHead + exchange.requestBodyBytes,
+    querystring: parseQuery(exchange.url),
+    headers: headersFromRaw(exchange.rawHeaders, settings.redact),
+  };
+  const size = exchange.responseBytes;
+  const headers = responseHeaders(exchange.response, settings.redact);
+  // Kong's field order: status, size, headers; status only when a head was really sent.
+  const response = exchange.response ? { status: exchange.response.status, size, headers } : { size, headers };
+  const latencies: { request: number; proxy?: number } = {
+    request: Math.round(exchange.finishedAt - exchange.arrivedAt),
+  };
+  if (exchange.headersAt !== null) latencies.proxy = Math.round(exchange.headersAt - exchange.arrivedAt);
+
+  // Built as text so that `api`, serialized once in the factory, is not serialized per request.
+  let json = `{"request":${JSON.stringify(request)},"response":${JSON.stringify(response)},"latencies":${JSON.stringify(latencies)}`;
+  if (settings.apiJson !== null) json += `,"api":${settings.apiJson}`;
+  if (exchange.route) {
+    json += `,"route":${JSON.stringify({ path: exchange.route.path, base_url: exchange.route.baseUrl })}`;
+  }
+  json += `,"started_at":${exchange.startedAt}`;
+  if (exchange.clientIp !== undefined) json += `,"client_ip":${JSON.stringify(normalizeIp(exchange.clientIp))}`;
+  return `${json}}`;
+}
+
+/**
+ * Bytes of the header lines as received, `Name: value\r\n` each. Header text is latin1-decoded
+ * by Node, one character per byte, so lengths are byte counts.
+ */
+function rawHeadersBytes(raw: readonly string[]): number {
+  let bytes = 2; // the blank line ending the head
+  for (let i = 0; i < raw.length; i++) bytes += (raw[i]?.length ?? 0) + 2;
+  return bytes;
+}
+
+/** `?a=1&a=2&b&c=` -> `{ a: ['1', '2'], b: true, c: '' }`, with no prototype. */
+export function parseQuery(url: string): Record<string, LoggedValue> {
+  const query: Record<string, LoggedValue> = Object.create(null) as Record<string, LoggedValue>;
+  const start = url.indexOf('?');
+  if (start === -1) return query;
+  const hash = url.indexOf('#', start);
+  const search = url.slice(start + 1, hash === -1 ? undefined : hash);
+  if (search.length === 0) return query;
+  for (const part of search.split('&')) {
+    if (part.length === 0) continue;
+    const eq = part.indexOf('=');
+    const key = decodeComponent(eq === -1 ? part : part.slice(0, eq));
+    const value: string | boolean = eq === -1 ? true : decodeComponent(part.slice(eq + 1));
+    addValue(query, key, value);
+  }
+  return query;
+}
+
+function decodeComponent(text: string): string {
+  const spaced = text.includes('+') ? text.replace(/\+/g, ' ') : text;
+  if (!spaced.includes('%')) return spaced;
+  try {
+    return decodeURIComponent(spaced);
+  } catch {
+    // Malformed escapes are logged as sent rather than lost.
+    return spaced;
+  }
+}
+
+function addValue<T extends string | boolean>(target: Record<string, T | T[]>, key: string, value: T): void {
+  const existing = target[key];
+  if (existing === undefined) target[key] = value;
+  else if (Array.isArray(existing)) existing.push(value);
+  else target[key] = [existing, value];
+}
+
+/** Header value as text: UTF-8 when the bytes are valid UTF-8, else one character per byte. */
+function headerText(value: string): string {
+  if (!NON_ASCII.test(value)) return value;
+  try {
+    return utf8.decode(Buffer.from(value, 'latin1'));
+  } catch {
+    return value;
+  }
+}
+
+export function headersFromRaw(raw: readonly string[], redact: ReadonlySet<string> | null): Record<string, string | string[]> {
+  const headers: Record<string, string | string[]> = Object.create(null) as Record<string, string | string[]>;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const name = (raw[i] ?? '').toLowerCase();
+    const value = redact?.has(name) ? REDACTED : headerText(raw[i + 1] ?? '');
+    addValue(headers, name, value);
+  }
+  return headers;
+}
+
+function responseHeaders(response: CapturedResponse | null, redact: ReadonlySet<string> | null): Record<string, string | string[]> {
+  const headers: Record<string, string | string[]> = Object.create(null) as Record<string, string | string[]>;
+  if (!response) return headers;
+  if (response.head !== null) {
+    // The head as sent includes what Node added itself (Date, Connection, Transfer-Encoding...).
+    const lines = response.head.split('\r\n');
+    for (let i = 1; i < lines.length; i++) {
+      const line = lines[i] ?? '';
+      const colon = line.indexOf(':');
+      if (colon <= 0) continue;
+      const name = line.slice(0, colon).toLowerCase();
+      addValue(headers, name, redact?.has(name) ? REDACTED : headerText(line.slice(colon + 1).trim()));
+    }
+    return headers;
+  }
+  for (const [name, value] of Object.entries(response.headers ?? {})) {
+    if (value === undefined) continue;
+    if (redact?.has(name)) headers[name] = REDACTED;
+    else headers[name] = Array.isArray(value) ? value.map(String) : String(value);
+  }
+  return headers;
+}
+
+/** `::ffff:1.2.3.4` -> `1.2.3.4`; everything else unchanged. */
+export function normalizeIp(address: string): string {
+  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
+}
