@@ -263,11 +263,12 @@ export class TcpLogClient implements RecordSink {
   #scheduleFlush(): void {
     if (this.#flushImmediate) return;
     // One flush per turn of the event loop: every record finished in this turn shares one write.
+    // Not unref'd: an unref'd immediate waits for some other event to wake the loop (seen: seconds),
+    // and a ref'd one cannot hold the process beyond this turn.
     this.#flushImmediate = setImmediate(() => {
       this.#flushImmediate = null;
       this.#flush();
     });
-    this.#flushImmediate.unref();
   }
 
   #flush(): void {

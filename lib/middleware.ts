@@ -60,6 +60,8 @@ interface LiveExchange {
   readonly writtenAtStart: number | undefined;
   readonly remoteAddress: string | undefined;
   readonly push: Readable['push'];
+  /** When the response finished (or the exchange was aborted) and the bytes it wrote. */
+  end: { readonly at: number; readonly responseBytes: number } | null;
 }
 
 type TrackedRequest = ExpressLikeRequest & { [kExchange]?: LiveExchange };
@@ -102,12 +104,16 @@ function capture(instance: Instance, req: TrackedRequest, res: TrackedResponse):
     // Read now: once the socket is gone the address may be too.
     remoteAddress: socket.remoteAddress,
     push: req.push,
+    end: null,
   };
   marks.open++;
   req[kExchange] = exchange;
   res[kExchange] = exchange;
   if (!req.complete) req.push = countingPush;
   onHeaders(res, markHeaders);
+  // Prepended: Node's own 'finish' listener hands the socket to the next pipelined response,
+  // whose bytes must not be counted as this one's.
+  res.prependOnceListener('finish', markFinish);
   onFinished(res, onResponseFinished);
 }
 
@@ -135,10 +141,14 @@ function markHeaders(this: TrackedResponse): void {
   if (exchange) exchange.headersAt = performance.now();
 }
 
-function onResponseFinished(_err: Error | null, res: TrackedResponse): void {
-  const exchange = res[kExchange];
-  if (!exchange) return;
-  const finishedAt = performance.now();
+function markFinish(this: TrackedResponse): void {
+  const exchange = this[kExchange];
+  if (exchange) settle(exchange);
+}
+
+/** Takes the end marks once: at 'finish', or when on-finished reports an aborted exchange. */
+function settle(exchange: LiveExchange): void {
+  if (exchange.end) return;
   const { socket } = exchange;
   const marks = socket[kSocket];
   const written = socket.bytesWritten;
@@ -147,10 +157,17 @@ function onResponseFinished(_err: Error | null, res: TrackedResponse): void {
     marks.open--;
     marks.lastEnd = written;
   }
-  const { instance } = exchange;
-  if (instance.closed) return;
+  exchange.end = { at: performance.now(), responseBytes: written - start };
+}
+
+function onResponseFinished(_err: Error | null, res: TrackedResponse): void {
+  const exchange = res[kExchange];
+  if (!exchange) return;
+  settle(exchange);
+  const { instance, end } = exchange;
+  if (instance.closed || !end) return;
   try {
-    const json = serializeRecord(describe(exchange, res, finishedAt, written - start), instance.record);
+    const json = serializeRecord(describe(exchange, res, end.at, end.responseBytes), instance.record);
     instance.sink.push(frame(json, instance.record.delimiter));
   } catch (err) {
     // on-finished calls back from the event loop: a throw here would crash the app.

@@ -1,0 +1,307 @@
+/**
+ * Every record field, end to end: a real Express 5 app, raw HTTP on real sockets, a real TCP
+ * receiver. Sizes are checked against the exact bytes that crossed the wire.
+ */
+import assert from 'node:assert/strict';
+import { EventEmitter, once } from 'node:events';
+import net from 'node:net';
+import { after, afterEach, before, describe, it } from 'node:test';
+import express from 'express';
+import tcplog = require('../lib/index.js');
+import { LineServer, invariant, listen, rawExchange, request, startLineServer, type Listening } from './helpers.js';
+
+type Json = Record<string, any>;
+
+describe('record fields over a real Express 5 app', () => {
+  let receiver: LineServer;
+  let http: Listening;
+  let mw: tcplog.Middleware;
+  const arrivals = new EventEmitter();
+
+  before(async () => {
+    receiver = await startLineServer();
+    mw = tcplog({ host: '127.0.0.1', port: receiver.port, api: { name: 'demo' } });
+    const app = express();
+    app.use(mw);
+    app.get('/get', (req, res) => {
+      res.json({ ok: true });
+    });
+    app.post('/echo', express.text({ type: '*/*' }), (req, res) => {
+      res.type('text/plain').send(`got ${String(req.body).length}`);
+    });
+    app.all('/head', (_req, res) => {
+      res.type('text/plain').send('a body a HEAD must not carry');
+    });
+    app.get('/empty', (_req, res) => {
+      res.status(204).end();
+    });
+    app.get('/cached', (_req, res) => {
+      res.set('ETag', '"v1"').type('text/plain').send('cacheable');
+    });
+    app.get('/stream', (_req, res) => {
+      res.type('text/plain');
+      let n = 0;
+      const timer = setInterval(() => {
+        res.write(`chunk ${n}\n`);
+        if (++n === 5) {
+          clearInterval(timer);
+          res.end('done\n');
+        }
+      }, 2);
+    });
+    app.get('/slow', (_req, res) => {
+      setTimeout(() => res.send('slow'), 300);
+    });
+    app.get('/hang-after-head', (req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('first part\n');
+      req.socket.on('close', function stopHanging() {
+        res.destroy();
+      });
+    });
+    app.get('/hang', () => {
+      // Never answers: the client gives up.
+      arrivals.emit('hang');
+    });
+    const users = express.Router();
+    users.get('/:id', (req, res) => {
+      res.json({ id: req.params['id'] });
+    });
+    app.use('/users', users);
+    http = await listen(app);
+  });
+
+  afterEach(() => {
+    assert.ok(invariant(mw.stats()), JSON.stringify(mw.stats()));
+  });
+
+  after(async () => {
+    await http.close();
+    await mw.close();
+    await receiver.close();
+  });
+
+  const claimed = new Set<number>();
+  /** Waits for the next unclaimed record whose request.uri is `uri`, so one failure cannot shift the rest. */
+  async function nextRecord(uri: string): Promise<Json> {
+    for (;;) {
+      for (let i = 0; i < receiver.lines.length; i++) {
+        if (claimed.has(i)) continue;
+        const line = receiver.lines[i] ?? '';
+        const record = JSON.parse(line.replace(/\r$/, '')) as Json;
+        if (record['request']?.uri !== uri) continue;
+        claimed.add(i);
+        assert.ok(line.endsWith('\r'), 'each record ends with \\r\\n');
+        return record;
+      }
+      await receiver.waitForLines(receiver.lines.length + 1);
+    }
+  }
+
+  /** One raw request on its own connection: the exact bytes both ways. */
+  async function raw(text: string): Promise<{ sent: number; received: Buffer }> {
+    const received = await rawExchange(http.port, text, () => false);
+    return { sent: Buffer.byteLength(text), received };
+  }
+
+  it('GET with a query string: every field, sizes exact to the byte', async () => {
+    const text =
+      'GET /get?foo=bar&foo=baz&flag&empty=&sp=a+b%20c HTTP/1.1\r\n' +
+      'Host: example.com:8000\r\nUser-Agent: curl/7.37.1\r\nAccept: */*\r\n' +
+      'Authorization: Bearer secret\r\nX-Twice: 1\r\nX-Twice: 2\r\nConnection: close\r\n\r\n';
+    const { sent, received } = await raw(text);
+    const record = await nextRecord('/get?foo=bar&foo=baz&flag&empty=&sp=a+b%20c');
+    assert.deepEqual(Object.keys(record), ['request', 'response', 'latencies', 'api', 'route', 'started_at', 'client_ip']);
+    assert.deepEqual(record['route'], { path: '/get', base_url: '' });
+    assert.equal(record['request'].method, 'GET');
+    assert.equal(record['request'].uri, '/get?foo=bar&foo=baz&flag&empty=&sp=a+b%20c');
+    assert.equal(record['request'].request_uri, 'http://example.com:8000/get?foo=bar&foo=baz&flag&empty=&sp=a+b%20c');
+    assert.equal(record['request'].size, sent);
+    assert.deepEqual(record['request'].querystring, { foo: ['bar', 'baz'], flag: true, empty: '', sp: 'a b c' });
+    assert.deepEqual(record['request'].headers, {
+      host: 'example.com:8000',
+      'user-agent': 'curl/7.37.1',
+      accept: '*/*',
+      authorization: 'REDACTED',
+      'x-twice': ['1', '2'],
+      connection: 'close',
+    });
+    assert.equal(record['response'].status, 200);
+    assert.equal(record['response'].size, received.length);
+    const headers = record['response'].headers as Json;
+    assert.equal(headers['content-type'], 'application/json; charset=utf-8');
+    assert.equal(headers['content-length'], '11');
+    assert.equal(headers['connection'], 'close');
+    assert.equal(typeof headers['date'], 'string', 'headers Node adds itself are logged too');
+    assert.deepEqual(record['api'], { name: 'demo' });
+    assert.equal(record['client_ip'], '127.0.0.1');
+    assert.ok(Number.isInteger(record['started_at']) && Math.abs(record['started_at'] - Date.now()) < 60_000);
+    assert.ok(record['latencies'].request >= record['latencies'].proxy);
+  });
+
+  it('POST with a body of known size counts request line, headers and body', async () => {
+    const body = 'x'.repeat(1234);
+    const text = `POST /echo HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nContent-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`;
+    const { sent, received } = await raw(text);
+    assert.match(received.toString(), /got 1234/);
+    const record = await nextRecord('/echo');
+    assert.equal(record['request'].method, 'POST');
+    assert.equal(record['request'].size, sent);
+    assert.equal(record['response'].size, received.length);
+    assert.deepEqual(record['request'].querystring, {});
+  });
+
+  it('chunked request bodies are counted as the app reads them', async () => {
+    const text = 'POST /echo HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n';
+    const { received } = await raw(text);
+    assert.match(received.toString(), /got 11/);
+    const record = await nextRecord('/echo');
+    const head = text.indexOf('\r\n\r\n') + 4;
+    // Body bytes are the decoded payload (11); chunk framing is not counted.
+    assert.equal(record['request'].size, head + 11);
+  });
+
+  it('HEAD: status and head size, no body', async () => {
+    const { received } = await raw('HEAD /head HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n');
+    const record = await nextRecord('/head');
+    assert.equal(record['request'].method, 'HEAD');
+    assert.equal(record['response'].status, 200);
+    assert.equal(record['response'].size, received.length);
+    assert.ok(received.toString().endsWith('\r\n\r\n'), 'no body went out');
+  });
+
+  it('204 No Content', async () => {
+    const { received } = await raw('GET /empty HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n');
+    const record = await nextRecord('/empty');
+    assert.equal(record['response'].status, 204);
+    assert.equal(record['response'].size, received.length);
+  });
+
+  it('304 Not Modified', async () => {
+    const { received } = await raw('GET /cached HTTP/1.1\r\nHost: h\r\nIf-None-Match: "v1"\r\nConnection: close\r\n\r\n');
+    const record = await nextRecord('/cached');
+    assert.equal(record['response'].status, 304);
+    assert.equal(record['response'].size, received.length);
+    assert.match(received.toString(), /^HTTP\/1\.1 304/);
+  });
+
+  it('streamed, chunked responses are measured as sent, not from content-length', async () => {
+    const { received } = await raw('GET /stream HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n');
+    const record = await nextRecord('/stream');
+    assert.equal(record['response'].headers['transfer-encoding'], 'chunked');
+    assert.equal(record['response'].headers['content-length'], undefined);
+    assert.equal(record['response'].size, received.length);
+  });
+
+  it('keep-alive: several requests on one socket, each sized on its own', async () => {
+    const requests = ['/get?n=1', '/users/7', '/get?n=3'].map((path) => `GET ${path} HTTP/1.1\r\nHost: h\r\n\r\n`);
+    const socket = net.connect(http.port, '127.0.0.1');
+    await once(socket, 'connect');
+    const reader = new ResponseReader(socket);
+    const replies: Buffer[] = [];
+    for (const text of requests) {
+      socket.write(text);
+      replies.push(await reader.next());
+    }
+    socket.end();
+    for (let i = 0; i < requests.length; i++) {
+      const record = await nextRecord(requests[i]?.split(' ')[1] ?? '');
+      assert.equal(record['request'].size, Buffer.byteLength(requests[i] ?? ''));
+      assert.equal(record['response'].size, replies[i]?.length);
+    }
+  });
+
+  it('pipelining: requests written at once are still sized one by one', async () => {
+    const requests = ['/get?p=1', '/users/8', '/get?p=3'].map((path) => `GET ${path} HTTP/1.1\r\nHost: h\r\n\r\n`);
+    const socket = net.connect(http.port, '127.0.0.1');
+    await once(socket, 'connect');
+    const reader = new ResponseReader(socket);
+    socket.write(requests.join(''));
+    const replies: Buffer[] = [];
+    for (let i = 0; i < requests.length; i++) replies.push(await reader.next());
+    socket.end();
+    for (let i = 0; i < requests.length; i++) {
+      const record = await nextRecord(requests[i]?.split(' ')[1] ?? '');
+      assert.equal(record['request'].uri, requests[i]?.split(' ')[1]);
+      assert.equal(record['request'].size, Buffer.byteLength(requests[i] ?? ''));
+      assert.equal(record['response'].size, replies[i]?.length);
+    }
+  });
+
+  it("Kong's latency checks on a route that waits 300 ms", async () => {
+    await request(http.port, '/slow');
+    const record = await nextRecord('/slow');
+    const { request: total, proxy } = record['latencies'] as { request: number; proxy: number };
+    assert.ok(proxy < 3000, `proxy ${proxy} < 3000`);
+    assert.ok(proxy >= 250, `proxy ${proxy} covers the route's wait`);
+    assert.ok(total + 1 >= proxy, `request ${total} + 1 >= proxy ${proxy}`);
+  });
+
+  it('route and base_url come from the matched Express route', async () => {
+    await request(http.port, '/users/42');
+    const record = await nextRecord('/users/42');
+    assert.deepEqual(record['route'], { path: '/:id', base_url: '/users' });
+  });
+
+  it('a client that aborts mid-response is logged with the status and bytes actually sent', async () => {
+    const socket = net.connect(http.port, '127.0.0.1');
+    await once(socket, 'connect');
+    socket.write('GET /hang-after-head HTTP/1.1\r\nHost: h\r\n\r\n');
+    const [first] = (await once(socket, 'data')) as [Buffer];
+    assert.match(first.toString(), /first part/);
+    socket.destroy();
+    const record = await nextRecord('/hang-after-head');
+    assert.equal(record['request'].uri, '/hang-after-head');
+    assert.equal(record['response'].status, 200);
+    assert.ok(record['response'].size >= first.length, 'bytes written so far');
+    assert.equal(typeof record['latencies'].proxy, 'number');
+  });
+
+  it('a client that aborts before any response is logged without a status', async () => {
+    const socket = net.connect(http.port, '127.0.0.1');
+    await once(socket, 'connect');
+    const arrived = once(arrivals, 'hang');
+    socket.write('GET /hang HTTP/1.1\r\nHost: h\r\n\r\n');
+    await arrived;
+    socket.destroy();
+    const record = await nextRecord('/hang');
+    assert.equal(record['request'].uri, '/hang');
+    assert.equal(record['response'].status, undefined, 'res.statusCode is 200 by default; no head went out');
+    assert.equal(record['response'].size, 0);
+    assert.deepEqual(record['response'].headers, {});
+    assert.equal(record['latencies'].proxy, undefined);
+  });
+});
+
+/** Splits Content-Length responses off a keep-alive socket, one at a time, in order. */
+class ResponseReader {
+  #buffered = Buffer.alloc(0);
+  #waiting: Array<(reply: Buffer) => void> = [];
+
+  constructor(socket: net.Socket) {
+    socket.on('data', (chunk: Buffer) => {
+      this.#buffered = Buffer.concat([this.#buffered, chunk]);
+      this.#drain();
+    });
+  }
+
+  next(): Promise<Buffer> {
+    return new Promise((resolve) => {
+      this.#waiting.push(resolve);
+      this.#drain();
+    });
+  }
+
+  #drain(): void {
+    while (this.#waiting.length > 0) {
+      const headEnd = this.#buffered.indexOf('\r\n\r\n');
+      if (headEnd === -1) return;
+      const head = this.#buffered.subarray(0, headEnd).toString('latin1');
+      const total = headEnd + 4 + Number(/content-length: (\d+)/i.exec(head)?.[1] ?? 0);
+      if (this.#buffered.length < total) return;
+      const reply = this.#buffered.subarray(0, total);
+      this.#buffered = this.#buffered.subarray(total);
+      this.#waiting.shift()?.(reply);
+    }
+  }
+}

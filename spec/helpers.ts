@@ -1,0 +1,206 @@
+/**
+ * Shared test helpers: real servers on 127.0.0.1, port 0, and waits on events, never on sleeps.
+ */
+import { EventEmitter, once } from 'node:events';
+import http from 'node:http';
+import net from 'node:net';
+import type { AddressInfo } from 'node:net';
+
+/** How long a spec waits for an event before failing; a bound on hanging, not a timing claim. */
+export const WAIT_MS = 8_000;
+
+/** A TCP log receiver that splits what it reads into records on `\n`, keeping any `\r`. */
+export class LineServer extends EventEmitter {
+  readonly server: net.Server;
+  /** Complete lines, without the `\n` (a `\r` before it stays, so framing can be checked). */
+  readonly lines: string[] = [];
+  /** Every byte received, in order, per connection. */
+  readonly received: Buffer[] = [];
+  connections = 0;
+  readonly sockets = new Set<net.Socket>();
+  #pending = new Map<net.Socket, string>();
+
+  constructor() {
+    super();
+    this.server = net.createServer((socket) => this.#accept(socket));
+  }
+
+  get port(): number {
+    return (this.server.address() as AddressInfo).port;
+  }
+
+  /** Records parsed from the lines (delimiter removed). */
+  records(): Array<Record<string, any>> {
+    return this.lines.map((line) => JSON.parse(line.replace(/\r$/, '')) as Record<string, any>);
+  }
+
+  async listen(port = 0): Promise<this> {
+    this.server.listen(port, '127.0.0.1');
+    await once(this.server, 'listening');
+    return this;
+  }
+
+  /** Resolves once `count` lines have arrived. */
+  waitForLines(count: number, timeoutMs = WAIT_MS): Promise<string[]> {
+    return waitFor(this, 'line', () => this.lines.length >= count, timeoutMs, () => `${this.lines.length}/${count} lines`).then(
+      () => this.lines,
+    );
+  }
+
+  /** Closes the listener and every connection. */
+  async close(): Promise<void> {
+    for (const socket of this.sockets) socket.destroy();
+    if (this.server.listening) {
+      await new Promise<void>((resolve) => this.server.close(() => resolve()));
+    }
+  }
+
+  #accept(socket: net.Socket): void {
+    this.connections++;
+    this.sockets.add(socket);
+    this.#pending.set(socket, '');
+    this.emit('connection', socket);
+    socket.on('data', (chunk: Buffer) => {
+      this.received.push(chunk);
+      let text = (this.#pending.get(socket) ?? '') + chunk.toString('utf8');
+      let newline = text.indexOf('\n');
+      while (newline !== -1) {
+        this.lines.push(text.slice(0, newline));
+        text = text.slice(newline + 1);
+        this.emit('line');
+        newline = text.indexOf('\n');
+      }
+      this.#pending.set(socket, text);
+    });
+    socket.on('error', () => undefined);
+    socket.on('close', () => {
+      this.sockets.delete(socket);
+      this.emit('socket-close');
+    });
+  }
+}
+
+export async function startLineServer(port = 0): Promise<LineServer> {
+  return new LineServer().listen(port);
+}
+
+/** Waits until `check()` holds, re-checking on each `event` of `emitter`. */
+export function waitFor(
+  emitter: EventEmitter,
+  event: string,
+  check: () => boolean,
+  timeoutMs = WAIT_MS,
+  describe: () => string = () => '',
+): Promise<void> {
+  if (check()) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      emitter.off(event, onEvent);
+      reject(new Error(`timed out after ${timeoutMs} ms waiting for ${event} ${describe()}`));
+    }, timeoutMs);
+    function onEvent(): void {
+      if (!check()) return;
+      clearTimeout(timer);
+      emitter.off(event, onEvent);
+      resolve();
+    }
+    emitter.on(event, onEvent);
+  });
+}
+
+/** Polls a condition on a 5 ms timer, for state with no event (counters); bounded by timeoutMs. */
+export async function until(check: () => boolean, timeoutMs = WAIT_MS, what = 'condition'): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 5));
+  }
+}
+
+export interface Listening {
+  server: http.Server;
+  port: number;
+  close(): Promise<void>;
+}
+
+/** Starts an HTTP server (an Express app, Connect app or plain handler) on 127.0.0.1:0. */
+export async function listen(handler: http.RequestListener, options: http.ServerOptions = {}): Promise<Listening> {
+  const server = http.createServer(options, handler);
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    server,
+    port: (server.address() as AddressInfo).port,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+export interface Reply {
+  status: number;
+  headers: http.IncomingHttpHeaders;
+  body: Buffer;
+}
+
+/** One HTTP request on a fresh connection. */
+export function request(
+  port: number,
+  path: string,
+  options: { method?: string; headers?: http.OutgoingHttpHeaders; body?: string | Buffer } = {},
+): Promise<Reply> {
+  return new Promise((resolve, reject) => {
+    const req = http.request(
+      { host: '127.0.0.1', port, path, method: options.method ?? 'GET', headers: options.headers, agent: false },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (chunk: Buffer) => chunks.push(chunk));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+        res.on('error', reject);
+      },
+    );
+    req.on('error', reject);
+    req.end(options.body);
+  });
+}
+
+/**
+ * Sends raw bytes on one connection and collects everything until the server closes it or
+ * `until` says the reply is complete. For keep-alive, pipelining and malformed requests.
+ */
+export function rawExchange(port: number, bytes: string | Buffer, done: (received: Buffer) => boolean): Promise<Buffer> {
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(port, '127.0.0.1');
+    const chunks: Buffer[] = [];
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new Error(`raw exchange timed out; got ${Buffer.concat(chunks).toString('latin1').slice(0, 300)}`));
+    }, WAIT_MS);
+    socket.on('connect', () => socket.write(bytes));
+    socket.on('data', (chunk: Buffer) => {
+      chunks.push(chunk);
+      if (done(Buffer.concat(chunks))) {
+        clearTimeout(timer);
+        socket.end();
+        resolve(Buffer.concat(chunks));
+      }
+    });
+    socket.on('error', reject);
+    socket.on('close', () => {
+      clearTimeout(timer);
+      resolve(Buffer.concat(chunks));
+    });
+  });
+}
+
+/** Counts complete HTTP/1.1 responses in a raw byte stream (Content-Length bodies, or no body). */
+export function countResponses(received: Buffer): number {
+  return (received.toString('latin1').match(/HTTP\/1\.1 \d{3}/g) ?? []).length;
+}
+
+/** Asserts the stats invariant, the one promise that holds at every moment. */
+export function invariant(stats: { records: number; sent: number; dropped: number; buffered: number }): boolean {
+  return stats.records === stats.sent + stats.dropped + stats.buffered;
+}
