@@ -254,7 +254,10 @@ function closestOption(name: string): string | undefined {
   let best: string | undefined;
   let bestDistance = Infinity;
   for (const known of KNOWN_OPTIONS) {
-    const d = known.toLowerCase() === lower ? 0 : distance(lower, known.toLowerCase());
+    const candidate = known.toLowerCase();
+    // A prefix or a part of a known name (`maxBuffer`, `hostname`) is a near miss too.
+    const related = candidate.startsWith(lower) || lower.startsWith(candidate);
+    const d = candidate === lower ? 0 : related ? 1 : distance(lower, candidate);
     if (d < bestDistance) {
       best = known;
       bestDistance = d;
@@ -374,15 +377,15 @@ function parseApi(value: unknown): string | null {
   if (!isPlainObject(value)) {
     throw new TcpLogOptionTypeError('api', value, 'a plain object, e.g. { name: "users" }');
   }
-  let json: string;
+  let json: string | undefined;
   try {
-    json = JSON.stringify(value);
+    json = JSON.stringify(value) as string | undefined;
   } catch (err) {
-    throw new TcpLogOptionTypeError(
-      'api',
-      value,
-      `an object JSON can serialize (${(err as Error).message})`,
-    );
+    throw new TcpLogOptionTypeError('api', value, `an object JSON can serialize (${(err as Error).message})`);
+  }
+  // A toJSON() can turn the object into anything: the record needs a JSON object here.
+  if (typeof json !== 'string' || !json.startsWith('{')) {
+    throw new TcpLogOptionTypeError('api', value, 'an object that serializes to a JSON object');
   }
   return json;
 }

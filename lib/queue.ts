@@ -121,28 +121,15 @@ export class RecordQueue {
 
   /**
    * The connection failed before the batch was confirmed: it goes back to the front, in order,
-   * to be sent on the next connection. Returns how many records the bound made us drop.
+   * to be sent on the next connection. In-flight bytes already count toward the bound, so this
+   * never exceeds it.
    */
-  requeue(batch: Batch): number {
+  requeue(batch: Batch): void {
     this.#leaveFlight(batch);
-    let dropped = 0;
-    let first = 0;
-    // The requeued records are the oldest of all: beyond the bound they are the ones to go.
-    let total = this.#waitingBytes + this.#inFlightBytes + batch.bytes;
-    while (first < batch.lines.length && total > this.maxBytes) {
-      total -= batch.sizes[first] ?? 0;
-      first++;
-      dropped++;
-    }
-    this.#dropped += dropped;
-    if (first === batch.lines.length) return dropped;
-    const lines = batch.lines.slice(first);
-    const sizes = batch.sizes.slice(first);
-    this.#lines = lines.concat(this.#lines.slice(this.#head));
-    this.#sizes = sizes.concat(this.#sizes.slice(this.#head));
+    this.#lines = (batch.lines as string[]).concat(this.#lines.slice(this.#head));
+    this.#sizes = (batch.sizes as number[]).concat(this.#sizes.slice(this.#head));
     this.#head = 0;
-    this.#waitingBytes += sizes.reduce(sum, 0);
-    return dropped;
+    this.#waitingBytes += batch.bytes;
   }
 
   /** Gives up every waiting record (close timed out). Returns how many. */
@@ -191,8 +178,4 @@ export class RecordQueue {
       this.#head = 0;
     }
   }
-}
-
-function sum(total: number, n: number): number {
-  return total + n;
 }

@@ -122,10 +122,11 @@ function rawHeadersBytes(raw: readonly string[]): number {
 /** `?a=1&a=2&b&c=` -> `{ a: ['1', '2'], b: true, c: '' }`, with no prototype. */
 export function parseQuery(url: string): Record<string, LoggedValue> {
   const query: Record<string, LoggedValue> = Object.create(null) as Record<string, LoggedValue>;
-  const start = url.indexOf('?');
+  const hash = url.indexOf('#');
+  const path = hash === -1 ? url : url.slice(0, hash);
+  const start = path.indexOf('?');
   if (start === -1) return query;
-  const hash = url.indexOf('#', start);
-  const search = url.slice(start + 1, hash === -1 ? undefined : hash);
+  const search = path.slice(start + 1);
   if (search.length === 0) return query;
   for (const part of search.split('&')) {
     if (part.length === 0) continue;
@@ -169,8 +170,9 @@ export function headersFromRaw(raw: readonly string[], redact: ReadonlySet<strin
   const headers: Record<string, string | string[]> = Object.create(null) as Record<string, string | string[]>;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = (raw[i] ?? '').toLowerCase();
-    const value = redact?.has(name) ? REDACTED : headerText(raw[i + 1] ?? '');
-    addValue(headers, name, value);
+    // One "REDACTED" however often the header came: not even the count is revealed.
+    if (redact?.has(name)) headers[name] = REDACTED;
+    else addValue(headers, name, headerText(raw[i + 1] ?? ''));
   }
   return headers;
 }
@@ -186,7 +188,8 @@ function responseHeaders(response: CapturedResponse | null, redact: ReadonlySet<
       const colon = line.indexOf(':');
       if (colon <= 0) continue;
       const name = line.slice(0, colon).toLowerCase();
-      addValue(headers, name, redact?.has(name) ? REDACTED : headerText(line.slice(colon + 1).trim()));
+      if (redact?.has(name)) headers[name] = REDACTED;
+      else addValue(headers, name, headerText(line.slice(colon + 1).trim()));
     }
     return headers;
   }

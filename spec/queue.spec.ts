@@ -1,0 +1,496 @@
+/**
+ * RecordQueue: FIFO order, batches bounded by bytes, drop-oldest at the bound, and exact counters
+ * (`records === sent + dropped + buffered`) after every operation, checked against a model.
+ */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { RecordQueue } from '../lib/queue.js';
+import type { Batch, QueueCounts } from '../lib/queue.js';
+
+/** mulberry32: a small seeded PRNG, so a failing run can be replayed. */
+function prng(seed: number): () => number {
+  let state = seed >>> 0;
+  return function next(): number {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+function checkInvariant(queue: RecordQueue): QueueCounts {
+  const counts = queue.counts();
+  assert.equal(counts.records, counts.sent + counts.dropped + counts.buffered, `invariant broken: ${JSON.stringify(counts)}`);
+  assert.ok(counts.buffered >= 0 && counts.bufferedBytes >= 0, `negative counts: ${JSON.stringify(counts)}`);
+  assert.ok(counts.bufferedBytes <= queue.maxBytes, `over the bound: ${JSON.stringify(counts)} > ${queue.maxBytes}`);
+  return counts;
+}
+
+/** Pushes a record whose line is its name and whose size is given. */
+function push(queue: RecordQueue, name: string, bytes = 10): number {
+  return queue.push(name, bytes);
+}
+
+function takeAll(queue: RecordQueue, limit = Infinity): Batch {
+  const batch = queue.take(limit);
+  assert.ok(batch, 'expected a batch');
+  return batch;
+}
+
+describe('RecordQueue', () => {
+  it('starts empty and idle', () => {
+    const queue = new RecordQueue(100);
+    assert.deepEqual(queue.counts(), { records: 0, sent: 0, dropped: 0, buffered: 0, bufferedBytes: 0 });
+    assert.equal(queue.idle, true);
+    assert.equal(queue.waiting, 0);
+    assert.equal(queue.inFlight, 0);
+    assert.equal(queue.take(1000), null);
+  });
+
+  it('keeps FIFO order across takes', () => {
+    const queue = new RecordQueue(1000);
+    for (let i = 0; i < 20; i++) assert.equal(push(queue, `r${i};`), 0);
+    const seen: string[] = [];
+    for (let batch = queue.take(35); batch; batch = queue.take(35)) {
+      seen.push(...batch.lines);
+      assert.equal(batch.text, batch.lines.join(''));
+      queue.sent(batch);
+      checkInvariant(queue);
+    }
+    assert.deepEqual(seen, Array.from({ length: 20 }, (_, i) => `r${i};`));
+    assert.deepEqual(queue.counts(), { records: 20, sent: 20, dropped: 0, buffered: 0, bufferedBytes: 0 });
+    assert.equal(queue.idle, true);
+  });
+
+  it('take() respects the byte limit', () => {
+    const queue = new RecordQueue(1000);
+    push(queue, 'a', 10);
+    push(queue, 'b', 10);
+    push(queue, 'c', 10);
+    push(queue, 'd', 30);
+    const first = takeAll(queue, 25);
+    assert.deepEqual(first.lines, ['a', 'b']);
+    assert.deepEqual(first.sizes, [10, 10]);
+    assert.equal(first.bytes, 20);
+    assert.equal(first.text, 'ab');
+    const exact = takeAll(queue, 40);
+    assert.deepEqual(exact.lines, ['c', 'd'], 'a batch may fill the limit exactly');
+    assert.equal(exact.bytes, 40);
+    assert.equal(queue.take(1000), null);
+    assert.equal(queue.inFlight, 4);
+    assert.equal(queue.counts().bufferedBytes, 60);
+  });
+
+  it('take() always takes at least one record, even one larger than the limit', () => {
+    const queue = new RecordQueue(1000);
+    push(queue, 'big', 500);
+    push(queue, 'small', 1);
+    const first = takeAll(queue, 10);
+    assert.deepEqual(first.lines, ['big']);
+    assert.equal(first.bytes, 500);
+    assert.equal(first.text, 'big');
+    const second = takeAll(queue, 0);
+    assert.deepEqual(second.lines, ['small']);
+  });
+
+  it('counts in-flight records as buffered until they are settled', () => {
+    const queue = new RecordQueue(1000);
+    push(queue, 'a', 7);
+    push(queue, 'b', 5);
+    const batch = takeAll(queue);
+    assert.equal(queue.waiting, 0);
+    assert.equal(queue.inFlight, 2);
+    assert.equal(queue.idle, false);
+    assert.deepEqual(queue.counts(), { records: 2, sent: 0, dropped: 0, buffered: 2, bufferedBytes: 12 });
+    queue.sent(batch);
+    assert.deepEqual(queue.counts(), { records: 2, sent: 2, dropped: 0, buffered: 0, bufferedBytes: 0 });
+    assert.equal(queue.idle, true);
+  });
+
+  it('drops the oldest waiting records when full, and counts them', () => {
+    const queue = new RecordQueue(30);
+    assert.equal(push(queue, 'a'), 0);
+    assert.equal(push(queue, 'b'), 0);
+    assert.equal(push(queue, 'c'), 0);
+    assert.deepEqual(queue.counts(), { records: 3, sent: 0, dropped: 0, buffered: 3, bufferedBytes: 30 });
+    assert.equal(push(queue, 'd'), 1);
+    assert.deepEqual(queue.counts(), { records: 4, sent: 0, dropped: 1, buffered: 3, bufferedBytes: 30 });
+    assert.equal(push(queue, 'e', 20), 2, 'room for 20 bytes takes two 10-byte records');
+    assert.deepEqual(queue.counts(), { records: 5, sent: 0, dropped: 3, buffered: 2, bufferedBytes: 30 });
+    assert.deepEqual(takeAll(queue).lines, ['d', 'e']);
+  });
+
+  it('a record of exactly maxBytes is accepted, making room for it', () => {
+    const queue = new RecordQueue(30);
+    push(queue, 'a');
+    push(queue, 'b');
+    assert.equal(push(queue, 'whole', 30), 2);
+    assert.deepEqual(queue.counts(), { records: 3, sent: 0, dropped: 2, buffered: 1, bufferedBytes: 30 });
+    assert.deepEqual(takeAll(queue).lines, ['whole']);
+  });
+
+  it('a record larger than maxBytes is dropped and counted, and evicts nothing', () => {
+    const queue = new RecordQueue(30);
+    push(queue, 'a');
+    push(queue, 'b');
+    assert.equal(push(queue, 'huge', 31), 1);
+    assert.deepEqual(queue.counts(), { records: 3, sent: 0, dropped: 1, buffered: 2, bufferedBytes: 20 });
+    assert.deepEqual(takeAll(queue).lines, ['a', 'b']);
+    checkInvariant(queue);
+  });
+
+  it('in-flight bytes count toward the bound and are never evicted', () => {
+    const queue = new RecordQueue(100);
+    push(queue, 'flying', 60);
+    const batch = takeAll(queue);
+    // 60 in flight + 50 > 100, and there is nothing waiting to drop: the new record goes.
+    assert.equal(push(queue, 'too-big-now', 50), 1);
+    assert.deepEqual(queue.counts(), { records: 2, sent: 0, dropped: 1, buffered: 1, bufferedBytes: 60 });
+    assert.equal(push(queue, 'fits', 40), 0);
+    assert.deepEqual(queue.counts(), { records: 3, sent: 0, dropped: 1, buffered: 2, bufferedBytes: 100 });
+    // Room for 10 more: the waiting record goes, the in-flight one stays.
+    assert.equal(push(queue, 'newest', 10), 1);
+    assert.deepEqual(queue.counts(), { records: 4, sent: 0, dropped: 2, buffered: 2, bufferedBytes: 70 });
+    assert.equal(queue.inFlight, 1);
+    queue.sent(batch);
+    assert.deepEqual(queue.counts(), { records: 4, sent: 1, dropped: 2, buffered: 1, bufferedBytes: 10 });
+    assert.deepEqual(takeAll(queue).lines, ['newest']);
+  });
+
+  it('requeue() puts a batch back at the front, in order', () => {
+    const queue = new RecordQueue(1000);
+    for (const name of ['a', 'b', 'c']) push(queue, name);
+    const batch = takeAll(queue, 20);
+    assert.deepEqual(batch.lines, ['a', 'b']);
+    push(queue, 'd');
+    queue.requeue(batch);
+    assert.deepEqual(queue.counts(), { records: 4, sent: 0, dropped: 0, buffered: 4, bufferedBytes: 40 });
+    assert.equal(queue.inFlight, 0);
+    assert.equal(queue.waiting, 4);
+    assert.deepEqual(takeAll(queue).lines, ['a', 'b', 'c', 'd']);
+  });
+
+  it('requeue() of several batches keeps the original order when settled newest first', () => {
+    const queue = new RecordQueue(1000);
+    for (const name of ['a', 'b', 'c', 'd', 'e']) push(queue, name);
+    const first = takeAll(queue, 20);
+    const second = takeAll(queue, 20);
+    // A failed connection requeues what it had in flight, newest batch first.
+    queue.requeue(second);
+    queue.requeue(first);
+    assert.deepEqual(takeAll(queue).lines, ['a', 'b', 'c', 'd', 'e']);
+    checkInvariant(queue);
+  });
+
+  it('requeue() never goes over the bound: in-flight bytes already count toward it', () => {
+    const queue = new RecordQueue(40);
+    for (const name of ['a', 'b', 'c', 'd']) push(queue, name);
+    const batch = takeAll(queue, 20);
+    assert.equal(push(queue, 'e'), 1, 'c is dropped: a and b are in flight');
+    assert.deepEqual(queue.counts(), { records: 5, sent: 0, dropped: 1, buffered: 4, bufferedBytes: 40 });
+    queue.requeue(batch);
+    const counts = checkInvariant(queue);
+    assert.deepEqual(counts, { records: 5, sent: 0, dropped: 1, buffered: 4, bufferedBytes: 40 });
+    assert.deepEqual(takeAll(queue).lines, ['a', 'b', 'd', 'e']);
+  });
+
+  it('dropWaiting() gives up waiting records only', () => {
+    const queue = new RecordQueue(1000);
+    for (const name of ['a', 'b', 'c', 'd']) push(queue, name);
+    const batch = takeAll(queue, 10);
+    assert.equal(queue.dropWaiting(), 3);
+    assert.deepEqual(queue.counts(), { records: 4, sent: 0, dropped: 3, buffered: 1, bufferedBytes: 10 });
+    assert.equal(queue.waiting, 0);
+    assert.equal(queue.take(1000), null);
+    queue.sent(batch);
+    assert.deepEqual(queue.counts(), { records: 4, sent: 1, dropped: 3, buffered: 0, bufferedBytes: 0 });
+    assert.equal(queue.dropWaiting(), 0);
+    assert.equal(queue.counts().dropped, 3);
+  });
+
+  it('dropInFlight() gives up a batch that was taken', () => {
+    const queue = new RecordQueue(1000);
+    for (const name of ['a', 'b', 'c']) push(queue, name);
+    const batch = takeAll(queue, 20);
+    queue.dropInFlight(batch);
+    assert.deepEqual(queue.counts(), { records: 3, sent: 0, dropped: 2, buffered: 1, bufferedBytes: 10 });
+    assert.equal(queue.inFlight, 0);
+    assert.deepEqual(takeAll(queue).lines, ['c']);
+  });
+
+  describe('the pino-socket case: a queue that was full and drained accepts and gives records again', () => {
+    function fillAndDrain(settle: (queue: RecordQueue, batch: Batch) => void): RecordQueue {
+      const queue = new RecordQueue(100);
+      for (let i = 0; i < 15; i++) push(queue, `old${i}`);
+      let counts = checkInvariant(queue);
+      assert.equal(counts.bufferedBytes, 100, 'full');
+      assert.equal(counts.dropped, 5);
+      for (let batch = queue.take(30); batch; batch = queue.take(30)) settle(queue, batch);
+      counts = checkInvariant(queue);
+      assert.equal(counts.buffered, 0);
+      assert.equal(counts.bufferedBytes, 0, 'draining must bring the byte count back to 0');
+      assert.equal(queue.idle, true);
+      return queue;
+    }
+
+    function pushAgain(queue: RecordQueue): void {
+      const before = queue.counts();
+      assert.equal(push(queue, 'fresh', 10), 0, 'a record pushed after draining must be accepted');
+      const batch = queue.take(64 * 1024);
+      assert.ok(batch, 'a record pushed after draining must be taken');
+      assert.deepEqual(batch.lines, ['fresh']);
+      queue.sent(batch);
+      assert.deepEqual(queue.counts(), {
+        records: before.records + 1,
+        sent: before.sent + 1,
+        dropped: before.dropped,
+        buffered: 0,
+        bufferedBytes: 0,
+      });
+      // And a full bound's worth again, with nothing dropped.
+      for (let i = 0; i < 10; i++) assert.equal(push(queue, `again${i}`), 0);
+      assert.equal(queue.counts().bufferedBytes, 100);
+      assert.equal(takeAll(queue).lines.length, 10);
+    }
+
+    it('drained by sent()', () => {
+      pushAgain(fillAndDrain((queue, batch) => queue.sent(batch)));
+    });
+
+    it('drained by dropInFlight()', () => {
+      pushAgain(fillAndDrain((queue, batch) => queue.dropInFlight(batch)));
+    });
+
+    it('drained by dropWaiting()', () => {
+      const queue = new RecordQueue(100);
+      for (let i = 0; i < 15; i++) push(queue, `old${i}`);
+      assert.equal(queue.dropWaiting(), 10);
+      assert.deepEqual(queue.counts(), { records: 15, sent: 0, dropped: 15, buffered: 0, bufferedBytes: 0 });
+      pushAgain(queue);
+    });
+
+    it('drained after a requeue', () => {
+      let requeued = false;
+      pushAgain(
+        fillAndDrain((queue, batch) => {
+          if (!requeued) {
+            requeued = true;
+            queue.requeue(batch);
+          } else queue.sent(batch);
+        }),
+      );
+    });
+
+    it('drained by eviction: records that were all dropped for a huge one', () => {
+      const queue = new RecordQueue(100);
+      for (let i = 0; i < 10; i++) push(queue, `old${i}`);
+      assert.equal(push(queue, 'whole', 100), 10);
+      const batch = takeAll(queue);
+      queue.sent(batch);
+      assert.equal(queue.counts().bufferedBytes, 0);
+      pushAgain(queue);
+    });
+  });
+
+  it('stays correct after compacting a long consumed front', () => {
+    const queue = new RecordQueue(1_000_000);
+    for (let i = 0; i < 3000; i++) push(queue, `r${i},`, 1);
+    for (let i = 0; i < 2500; i++) {
+      const batch = takeAll(queue, 1);
+      assert.deepEqual(batch.lines, [`r${i},`]);
+      queue.sent(batch);
+    }
+    for (let i = 3000; i < 3100; i++) push(queue, `r${i},`, 1);
+    const rest = takeAll(queue);
+    assert.deepEqual(rest.lines, Array.from({ length: 600 }, (_, k) => `r${2500 + k},`));
+    queue.sent(rest);
+    assert.deepEqual(queue.counts(), { records: 3100, sent: 3100, dropped: 0, buffered: 0, bufferedBytes: 0 });
+  });
+
+  it('stays correct when eviction consumes a long front', () => {
+    const queue = new RecordQueue(2000);
+    for (let i = 0; i < 2000; i++) push(queue, `r${i},`, 1);
+    // Each big push evicts many single-byte records from the front.
+    assert.equal(push(queue, 'big1', 1500), 1500);
+    assert.equal(push(queue, 'big2', 400), 400, 'evicts the other 400 single-byte records');
+    assert.deepEqual(queue.counts(), { records: 2002, sent: 0, dropped: 1900, buffered: 102, bufferedBytes: 2000 });
+    const batch = takeAll(queue);
+    assert.deepEqual(batch.lines, [...Array.from({ length: 100 }, (_, k) => `r${1900 + k},`), 'big1', 'big2']);
+  });
+
+  describe('randomized against a model', () => {
+    interface ModelRecord {
+      readonly line: string;
+      readonly bytes: number;
+    }
+
+    /** The simplest queue that does what the real one promises. */
+    class Model {
+      waiting: ModelRecord[] = [];
+      inFlight = new Map<Batch, ModelRecord[]>();
+      records = 0;
+      sent = 0;
+      dropped = 0;
+      constructor(readonly maxBytes: number) {}
+
+      bytes(): number {
+        let total = 0;
+        for (const r of this.waiting) total += r.bytes;
+        for (const batch of this.inFlight.values()) for (const r of batch) total += r.bytes;
+        return total;
+      }
+
+      buffered(): number {
+        let count = this.waiting.length;
+        for (const batch of this.inFlight.values()) count += batch.length;
+        return count;
+      }
+
+      push(record: ModelRecord): number {
+        this.records++;
+        if (record.bytes > this.maxBytes) {
+          this.dropped++;
+          return 1;
+        }
+        let dropped = 0;
+        while (this.waiting.length > 0 && this.bytes() + record.bytes > this.maxBytes) {
+          this.waiting.shift();
+          dropped++;
+        }
+        if (this.bytes() + record.bytes > this.maxBytes) dropped++;
+        else this.waiting.push(record);
+        this.dropped += dropped;
+        return dropped;
+      }
+
+      take(limit: number): ModelRecord[] {
+        const taken: ModelRecord[] = [];
+        let bytes = 0;
+        while (this.waiting.length > 0) {
+          const next = this.waiting[0] as ModelRecord;
+          if (taken.length > 0 && bytes + next.bytes > limit) break;
+          taken.push(next);
+          bytes += next.bytes;
+          this.waiting.shift();
+        }
+        return taken;
+      }
+
+      settle(batch: Batch): ModelRecord[] {
+        const records = this.inFlight.get(batch);
+        assert.ok(records);
+        this.inFlight.delete(batch);
+        return records;
+      }
+
+      requeue(batch: Batch): void {
+        const records = this.settle(batch);
+        this.waiting = records.concat(this.waiting);
+        assert.ok(this.bytes() <= this.maxBytes, 'a requeue never exceeds the bound');
+      }
+    }
+
+    function run(seed: number, operations: number): void {
+      const random = prng(seed);
+      const int = (n: number): number => Math.floor(random() * n);
+      const maxBytes = 20 + int(200);
+      const queue = new RecordQueue(maxBytes);
+      const model = new Model(maxBytes);
+      const batches: Batch[] = [];
+      let serial = 0;
+      const context = (op: string, i: number): string => `seed ${seed}, operation ${i} (${op})`;
+
+      for (let i = 0; i < operations; i++) {
+        const dice = int(100);
+        let op: string;
+        if (dice < 45) {
+          op = 'push';
+          // Mostly small, sometimes near or beyond the bound.
+          const bytes = int(10) === 0 ? 1 + int(maxBytes + 20) : 1 + int(20);
+          const record = { line: `#${serial++};`, bytes };
+          assert.equal(queue.push(record.line, record.bytes), model.push(record), context(op, i));
+        } else if (dice < 65) {
+          op = 'take';
+          const limit = int(4) === 0 ? 0 : int(maxBytes);
+          const batch = queue.take(limit);
+          const expected = model.take(limit);
+          if (expected.length === 0) {
+            assert.equal(batch, null, context(op, i));
+          } else {
+            assert.ok(batch, context(op, i));
+            assert.deepEqual(batch.lines, expected.map((r) => r.line), context(op, i));
+            assert.deepEqual(batch.sizes, expected.map((r) => r.bytes), context(op, i));
+            assert.equal(batch.bytes, expected.reduce((n, r) => n + r.bytes, 0), context(op, i));
+            assert.equal(batch.text, expected.map((r) => r.line).join(''), context(op, i));
+            model.inFlight.set(batch, expected);
+            batches.push(batch);
+          }
+        } else if (dice < 98 && batches.length > 0) {
+          // Settle one in-flight batch, usually the oldest (as a socket would), sometimes any.
+          const index = int(3) === 0 ? int(batches.length) : 0;
+          const batch = batches.splice(index, 1)[0] as Batch;
+          const how = int(10);
+          if (how < 6) {
+            op = 'sent';
+            queue.sent(batch);
+            model.sent += model.settle(batch).length;
+          } else if (how < 9) {
+            op = 'requeue';
+            queue.requeue(batch);
+            model.requeue(batch);
+          } else {
+            op = 'dropInFlight';
+            queue.dropInFlight(batch);
+            model.dropped += model.settle(batch).length;
+          }
+        } else {
+          op = 'dropWaiting';
+          const count = model.waiting.length;
+          model.waiting = [];
+          model.dropped += count;
+          assert.equal(queue.dropWaiting(), count, context(op, i));
+        }
+
+        const counts = checkInvariant(queue);
+        assert.deepEqual(
+          counts,
+          {
+            records: model.records,
+            sent: model.sent,
+            dropped: model.dropped,
+            buffered: model.buffered(),
+            bufferedBytes: model.bytes(),
+          },
+          context(op, i),
+        );
+        assert.equal(queue.waiting, model.waiting.length, context(op, i));
+        assert.equal(queue.inFlight, counts.buffered - model.waiting.length, context(op, i));
+        assert.equal(queue.idle, model.buffered() === 0, context(op, i));
+      }
+
+      // Drain completely; the queue must then be empty and accept a new record.
+      for (const batch of batches.splice(0)) {
+        queue.sent(batch);
+        model.sent += model.settle(batch).length;
+      }
+      for (let batch = queue.take(64); batch; batch = queue.take(64)) {
+        assert.deepEqual(batch.lines, model.take(64).map((r) => r.line), `seed ${seed}, drain`);
+        queue.sent(batch);
+        model.sent += batch.lines.length;
+      }
+      const counts = checkInvariant(queue);
+      assert.equal(counts.buffered, 0);
+      assert.equal(counts.bufferedBytes, 0);
+      assert.equal(counts.sent, model.sent);
+      assert.equal(queue.push('last', 1), 0);
+      assert.deepEqual(queue.take(1)?.lines, ['last']);
+    }
+
+    for (const seed of [1, 2, 3, 42, 1234, 0xdecafbad]) {
+      it(`seed ${seed}: 4000 operations keep the counters exact`, () => {
+        run(seed, 4000);
+      });
+    }
+  });
+});

@@ -1,0 +1,569 @@
+/**
+ * The record: hand-built captured exchanges -> Kong tcp-log JSON. Field set and order, sizes,
+ * query strings, headers, redaction, latencies, addresses, and hostile input that must still
+ * give exactly one line of valid JSON.
+ */
+import { describe, it } from 'node:test';
+import assert from 'node:assert/strict';
+import { headersFromRaw, normalizeIp, parseQuery, serializeRecord } from '../lib/record.js';
+import type { CapturedExchange, CapturedResponse } from '../lib/record.js';
+import { frame } from '../lib/framing.js';
+import { parseOptions } from '../lib/options.js';
+import type { RecordSettings } from '../lib/options.js';
+
+const SETTINGS: RecordSettings = { delimiter: '\r\n', redact: new Set(['authorization']), apiJson: null };
+const DEFAULT_REDACT: RecordSettings = {
+  delimiter: '\r\n',
+  redact: new Set(['authorization', 'proxy-authorization', 'cookie', 'set-cookie']),
+  apiJson: null,
+};
+const NO_REDACT: RecordSettings = { delimiter: '\n', redact: null, apiJson: null };
+
+const RESPONSE_HEAD =
+  'HTTP/1.1 200 OK\r\n' +
+  'X-Powered-By: Express\r\n' +
+  'Content-Type: application/json; charset=utf-8\r\n' +
+  'Content-Length: 13\r\n' +
+  'ETag: W/"d-abc"\r\n' +
+  'Date: Tue, 25 Nov 2025 11:00:00 GMT\r\n' +
+  'Connection: keep-alive\r\n' +
+  'Keep-Alive: timeout=5\r\n' +
+  '\r\n';
+
+function exchange(overrides: Partial<CapturedExchange> = {}): CapturedExchange {
+  return {
+    method: 'GET',
+    url: '/get?foo=bar',
+    httpVersion: '1.1',
+    rawHeaders: ['Host', 'example.com:8000', 'User-Agent', 'curl/7.37.1', 'Accept', '*/*'],
+    requestBodyBytes: 0,
+    scheme: 'http',
+    host: 'example.com:8000',
+    startedAt: 1433209822425,
+    arrivedAt: 1000.25,
+    headersAt: 1011.5,
+    finishedAt: 1012.4,
+    response: { status: 200, head: RESPONSE_HEAD, headers: null },
+    responseBytes: 434,
+    clientIp: '127.0.0.1',
+    route: null,
+    ...overrides,
+  };
+}
+
+type Json = Record<string, any>;
+
+/** Serializes and checks the one-line promise before anything else. */
+function record(ex: CapturedExchange, settings: RecordSettings = SETTINGS): Json {
+  const json = serializeRecord(ex, settings);
+  assertOneLine(json);
+  return JSON.parse(json) as Json;
+}
+
+function assertOneLine(json: string): void {
+  assert.ok(!json.includes('\n'), 'a raw LF would end the record early');
+  assert.ok(!json.includes('\r'), 'a raw CR would end the record early');
+  // Well-formed UTF-16, so that it survives being written as UTF-8 (no lone surrogates).
+  assert.equal(Buffer.from(json, 'utf8').toString('utf8'), json, 'the record must be valid UTF-8 on the wire');
+  const parsed: unknown = JSON.parse(json);
+  assert.ok(parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed));
+  const framed = frame(json, '\r\n');
+  assert.equal(framed.split('\n').length, 2, 'one record, one line');
+}
+
+describe('serializeRecord', () => {
+  it('writes the Kong fields in order, with every optional field present', () => {
+    const json = serializeRecord(
+      exchange({ route: { path: '/users/:id', baseUrl: '/users' }, clientIp: '::ffff:10.0.0.7' }),
+      { ...SETTINGS, apiJson: '{"name":"users"}' },
+    );
+    assertOneLine(json);
+    const parsed = JSON.parse(json) as Json;
+    assert.deepEqual(Object.keys(parsed), ['request', 'response', 'latencies', 'api', 'route', 'started_at', 'client_ip']);
+    assert.deepEqual(Object.keys(parsed['request']), ['method', 'uri', 'request_uri', 'size', 'querystring', 'headers']);
+    assert.deepEqual(Object.keys(parsed['response']), ['status', 'size', 'headers']);
+    assert.deepEqual(Object.keys(parsed['latencies']), ['request', 'proxy']);
+    assert.deepEqual(parsed['api'], { name: 'users' });
+    assert.deepEqual(parsed['route'], { path: '/users/:id', base_url: '/users' });
+    assert.equal(parsed['started_at'], 1433209822425);
+    assert.equal(parsed['client_ip'], '10.0.0.7');
+    assert.equal(parsed['request'].method, 'GET');
+    assert.equal(parsed['request'].uri, '/get?foo=bar');
+    assert.equal(parsed['request'].request_uri, 'http://example.com:8000/get?foo=bar');
+    assert.deepEqual(parsed['request'].querystring, { foo: 'bar' });
+    assert.deepEqual(parsed['request'].headers, { host: 'example.com:8000', 'user-agent': 'curl/7.37.1', accept: '*/*' });
+    assert.equal(parsed['response'].status, 200);
+    assert.equal(parsed['response'].size, 434);
+    assert.deepEqual(parsed['latencies'], { request: 12, proxy: 11 });
+  });
+
+  it('leaves out api, route and client_ip when there are none', () => {
+    const parsed = record(exchange({ clientIp: undefined, route: null }));
+    assert.deepEqual(Object.keys(parsed), ['request', 'response', 'latencies', 'started_at']);
+  });
+
+  it('writes numbers as numbers (Kong fixed strings in 2.2)', () => {
+    const parsed = record(exchange());
+    assert.equal(typeof parsed['request'].size, 'number');
+    assert.equal(typeof parsed['response'].size, 'number');
+    assert.equal(typeof parsed['response'].status, 'number');
+    assert.equal(typeof parsed['latencies'].request, 'number');
+    assert.equal(typeof parsed['started_at'], 'number');
+    assert.ok(Number.isInteger(parsed['started_at']));
+  });
+
+  it('request.size counts the request line, the header lines, the blank line and the body', () => {
+    const body = 'name=caf%C3%A9&x=1';
+    const raw =
+      'POST /submit?x=1&y=2 HTTP/1.1\r\n' +
+      'Host: example.com:8000\r\n' +
+      'Content-Type: application/x-www-form-urlencoded\r\n' +
+      `Content-Length: ${body.length}\r\n` +
+      'X-Name: Ã©\r\n' +
+      'Cookie: a=1\r\n' +
+      'Cookie: b=2\r\n' +
+      '\r\n' +
+      body;
+    const ex = exchange({
+      method: 'POST',
+      url: '/submit?x=1&y=2',
+      httpVersion: '1.1',
+      rawHeaders: [
+        'Host',
+        'example.com:8000',
+        'Content-Type',
+        'application/x-www-form-urlencoded',
+        'Content-Length',
+        String(body.length),
+        'X-Name',
+        'Ã©',
+        'Cookie',
+        'a=1',
+        'Cookie',
+        'b=2',
+      ],
+      requestBodyBytes: Buffer.byteLength(body),
+    });
+    // Header text is latin1: one character per byte on the wire.
+    assert.equal(record(ex)['request'].size, Buffer.byteLength(raw, 'latin1'));
+  });
+
+  it('request.size of a bodiless HTTP/1.0 request with no headers', () => {
+    const raw = 'GET / HTTP/1.0\r\n\r\n';
+    const ex = exchange({ url: '/', httpVersion: '1.0', rawHeaders: [], requestBodyBytes: 0 });
+    assert.equal(record(ex)['request'].size, Buffer.byteLength(raw, 'latin1'));
+  });
+
+  it('response.size is the bytes sent, as captured', () => {
+    assert.equal(record(exchange({ responseBytes: 0 }))['response'].size, 0);
+    assert.equal(record(exchange({ responseBytes: 123456 }))['response'].size, 123456);
+  });
+
+  it('leaves status out when no response head was sent', () => {
+    const parsed = record(exchange({ response: null, headersAt: null, responseBytes: 0 }));
+    assert.deepEqual(Object.keys(parsed['response']), ['size', 'headers']);
+    assert.ok(!('status' in parsed['response']));
+    assert.deepEqual(parsed['response'].headers, {});
+    assert.equal(parsed['response'].size, 0);
+  });
+
+  it('leaves latencies.proxy out when headers were never written', () => {
+    const parsed = record(exchange({ headersAt: null, response: null }));
+    assert.deepEqual(Object.keys(parsed['latencies']), ['request']);
+    assert.equal(parsed['latencies'].request, 12);
+  });
+
+  it('latencies are rounded ms and request + 1 >= proxy', () => {
+    let seed = 7;
+    const random = (): number => {
+      seed = (seed * 1103515245 + 12345) % 2147483648;
+      return seed / 2147483648;
+    };
+    for (let i = 0; i < 500; i++) {
+      const arrivedAt = random() * 1e6;
+      const headersAt = arrivedAt + random() * (i % 2 === 0 ? 3 : 3000);
+      const finishedAt = headersAt + random() * (i % 3 === 0 ? 1 : 500);
+      const { latencies } = record(exchange({ arrivedAt, headersAt, finishedAt }));
+      assert.ok(Number.isInteger(latencies.request) && Number.isInteger(latencies.proxy), JSON.stringify(latencies));
+      assert.ok(latencies.request + 1 >= latencies.proxy, JSON.stringify({ latencies, arrivedAt, headersAt, finishedAt }));
+      assert.ok(latencies.proxy >= 0);
+      assert.equal(latencies.request, Math.round(finishedAt - arrivedAt));
+    }
+  });
+
+  it('request_uri joins scheme, host and uri', () => {
+    const parsed = record(exchange({ scheme: 'https', host: 'api.example', url: '/a/b?c=d#e' }));
+    assert.equal(parsed['request'].request_uri, 'https://api.example/a/b?c=d#e');
+    assert.equal(parsed['request'].uri, '/a/b?c=d#e');
+    assert.deepEqual(parsed['request'].querystring, { c: 'd' });
+  });
+
+  it('querystring is {} when there is no query', () => {
+    for (const url of ['/', '/a', '/a?', '/a?#x', '/a?#x=1', '/a?&&']) {
+      assert.deepEqual(record(exchange({ url }))['request'].querystring, {}, url);
+    }
+  });
+
+  it("a '?' inside the fragment starts no query", () => {
+    for (const url of ['/a#?x=1', '/a#frag?x=1']) {
+      assert.deepEqual(record(exchange({ url }))['request'].querystring, {}, url);
+    }
+  });
+
+  it('client_ip: IPv4-mapped IPv6 is written as IPv4, other addresses unchanged', () => {
+    assert.equal(record(exchange({ clientIp: '::ffff:1.2.3.4' }))['client_ip'], '1.2.3.4');
+    assert.equal(record(exchange({ clientIp: '::1' }))['client_ip'], '::1');
+    assert.equal(record(exchange({ clientIp: '1.2.3.4' }))['client_ip'], '1.2.3.4');
+  });
+
+  it('api is written as given, after latencies', () => {
+    const settings = parseOptions({ host: '127.0.0.1', port: 9999, api: { name: 'users', tags: ['a'], n: 1 } }).record;
+    const parsed = record(exchange(), settings);
+    assert.deepEqual(parsed['api'], { name: 'users', tags: ['a'], n: 1 });
+    assert.deepEqual(Object.keys(parsed).slice(0, 4), ['request', 'response', 'latencies', 'api']);
+  });
+
+  it('the delimiter is added by frame(), once', () => {
+    const json = serializeRecord(exchange(), SETTINGS);
+    assert.equal(frame(json, '\r\n'), `${json}\r\n`);
+    assert.equal(frame(json, '\n'), `${json}\n`);
+  });
+});
+
+describe('parseQuery', () => {
+  it('a repeated key gives an array, in order', () => {
+    assert.deepEqual({ ...parseQuery('/p?a=1&a=2&b=x&a=3') }, { a: ['1', '2', '3'], b: 'x' });
+  });
+
+  it('a bare key gives true, an empty value gives ""', () => {
+    assert.deepEqual({ ...parseQuery('/p?a&b=&c=1') }, { a: true, b: '', c: '1' });
+    assert.deepEqual({ ...parseQuery('/p?a&a=1&a') }, { a: [true, '1', true] });
+  });
+
+  it('empty parts are skipped', () => {
+    assert.deepEqual({ ...parseQuery('/p?&&a=1&&b=2&') }, { a: '1', b: '2' });
+  });
+
+  it("decodes '+' as space and %-escapes, in keys and values", () => {
+    assert.deepEqual(
+      { ...parseQuery('/p?q=hello+world&name=caf%C3%A9&%61%62=%2B&sp+key=a%20b&eq=a%3Db&amp=x%26y') },
+      { q: 'hello world', name: 'café', ab: '+', 'sp key': 'a b', eq: 'a=b', amp: 'x&y' },
+    );
+  });
+
+  it('keeps a value with "=" in it whole', () => {
+    assert.deepEqual({ ...parseQuery('/p?token=abc==&x=a=b=c') }, { token: 'abc==', x: 'a=b=c' });
+  });
+
+  it('keeps malformed escapes as sent', () => {
+    assert.deepEqual(
+      { ...parseQuery('/p?a=%zz&b=100%&c=%E9&%zz=1&d=%C3') },
+      { a: '%zz', b: '100%', c: '%E9', '%zz': '1', d: '%C3' },
+    );
+    assert.deepEqual({ ...parseQuery('/p?e=a+%zz') }, { e: 'a %zz' });
+  });
+
+  it('ignores the fragment', () => {
+    assert.deepEqual({ ...parseQuery('/p?a=1#frag') }, { a: '1' });
+    assert.deepEqual({ ...parseQuery('/p?a=1&b=2#c=3&d') }, { a: '1', b: '2' });
+  });
+
+  it('parses into a null-prototype object: __proto__, constructor and prototype are plain keys', () => {
+    const result = parseQuery(
+      '/p?__proto__=x&constructor=y&prototype=z&__proto__[polluted]=1&constructor[prototype][polluted]=2&toString=t&hasOwnProperty=h',
+    );
+    assert.equal(Object.getPrototypeOf(result), null);
+    assert.equal(({} as Record<string, unknown>)['polluted'], undefined);
+    assert.equal((Object.prototype as unknown as Record<string, unknown>)['polluted'], undefined);
+    assert.deepEqual(Object.keys(result), [
+      '__proto__',
+      'constructor',
+      'prototype',
+      '__proto__[polluted]',
+      'constructor[prototype][polluted]',
+      'toString',
+      'hasOwnProperty',
+    ]);
+    assert.equal(result['__proto__'], 'x');
+    assert.equal(result['constructor'], 'y');
+    assert.equal(result['prototype'], 'z');
+    assert.equal(result['toString'], 't');
+  });
+
+  it('repeated __proto__ and constructor keys become arrays, not merged with built-ins', () => {
+    const result = parseQuery('/p?__proto__=1&__proto__=2&constructor&constructor=c');
+    assert.deepEqual(result['__proto__'], ['1', '2']);
+    assert.deepEqual(result['constructor'], [true, 'c']);
+    assert.equal(({} as Record<string, unknown>)['polluted'], undefined);
+  });
+
+  it('decoded keys cannot pollute either', () => {
+    const result = parseQuery('/p?%5F%5Fproto%5F%5F=x&__%70roto__[polluted]=1');
+    assert.equal(Object.getPrototypeOf(result), null);
+    assert.equal(result['__proto__'], 'x');
+    assert.equal(({} as Record<string, unknown>)['polluted'], undefined);
+  });
+});
+
+describe('the querystring in a record', () => {
+  it('keeps __proto__ as a key in the JSON and pollutes nothing', () => {
+    const json = serializeRecord(exchange({ url: '/p?__proto__=x&constructor=y&prototype=z&__proto__[polluted]=1' }), SETTINGS);
+    assertOneLine(json);
+    assert.ok(json.includes('"querystring":{"__proto__":"x","constructor":"y","prototype":"z","__proto__[polluted]":"1"}'), json);
+    const parsed = JSON.parse(json) as Json;
+    assert.ok(Object.prototype.hasOwnProperty.call(parsed['request'].querystring, '__proto__'));
+    assert.equal(({} as Record<string, unknown>)['polluted'], undefined);
+  });
+});
+
+describe('headersFromRaw', () => {
+  it('lower-cases names and keeps values', () => {
+    const headers = headersFromRaw(['Host', 'example.com', 'X-Request-ID', 'abc', 'ACCEPT', 'text/html'], null);
+    assert.equal(Object.getPrototypeOf(headers), null);
+    assert.deepEqual({ ...headers }, { host: 'example.com', 'x-request-id': 'abc', accept: 'text/html' });
+  });
+
+  it('repeated headers become arrays, in order, whatever their case', () => {
+    const headers = headersFromRaw(['X-A', '1', 'x-a', '2', 'X-B', 'b', 'X-A', '3'], null);
+    assert.deepEqual({ ...headers }, { 'x-a': ['1', '2', '3'], 'x-b': 'b' });
+  });
+
+  it('redacts case-insensitively', () => {
+    const redact = parseOptions({ host: '127.0.0.1', port: 9999, redact: ['X-Secret', 'authorization'] }).record.redact;
+    const headers = headersFromRaw(
+      ['AUTHORIZATION', 'Bearer abc', 'x-SECRET', 's3cret', 'X-Public', 'visible'],
+      redact,
+    );
+    assert.deepEqual({ ...headers }, { authorization: 'REDACTED', 'x-secret': 'REDACTED', 'x-public': 'visible' });
+  });
+
+  it('a repeated redacted header is logged as "REDACTED", not as an array', () => {
+    const headers = headersFromRaw(['Cookie', 'a=1', 'cookie', 'b=2', 'COOKIE', 'c=3'], DEFAULT_REDACT.redact);
+    assert.equal(headers['cookie'], 'REDACTED');
+  });
+
+  it('redact: null logs every header as it is', () => {
+    const headers = headersFromRaw(['Authorization', 'Bearer abc', 'Cookie', 'a=1', 'Cookie', 'b=2'], null);
+    assert.deepEqual({ ...headers }, { authorization: 'Bearer abc', cookie: ['a=1', 'b=2'] });
+  });
+
+  it('__proto__ and constructor header names are plain keys', () => {
+    const headers = headersFromRaw(['__proto__', 'x', 'Constructor', 'y', '__PROTO__', 'z'], null);
+    assert.equal(Object.getPrototypeOf(headers), null);
+    assert.deepEqual(headers['__proto__'], ['x', 'z']);
+    assert.equal(headers['constructor'], 'y');
+    assert.equal(({} as Record<string, unknown>)['x'], undefined);
+  });
+
+  it('decodes UTF-8 sent as latin1 text; keeps invalid UTF-8 byte for byte', () => {
+    const headers = headersFromRaw(['X-Good', 'caf\u00c3\u00a9', 'X-Bad', '\u00c3\u00a9\u00ff', 'X-Latin1', 'caf\u00e9'], null);
+    assert.equal(headers['x-good'], 'café');
+    assert.equal(headers['x-bad'], '\u00c3\u00a9\u00ff');
+    assert.equal(headers['x-latin1'], 'caf\u00e9');
+  });
+
+  it('ignores a trailing name without a value', () => {
+    assert.deepEqual({ ...headersFromRaw(['X-A', '1', 'X-Dangling'], null) }, { 'x-a': '1' });
+  });
+});
+
+describe('request headers in a record', () => {
+  it('are redacted with the settings, case-insensitively', () => {
+    const parsed = record(
+      exchange({ rawHeaders: ['Host', 'x', 'Authorization', 'Basic dXNlcjpwYXNz', 'Cookie', 'session=1'] }),
+      DEFAULT_REDACT,
+    );
+    assert.deepEqual(parsed['request'].headers, { host: 'x', authorization: 'REDACTED', cookie: 'REDACTED' });
+    assert.ok(!JSON.stringify(parsed).includes('dXNlcjpwYXNz'));
+    assert.ok(!JSON.stringify(parsed).includes('session=1'));
+  });
+
+  it('redact: null logs everything', () => {
+    const parsed = record(exchange({ rawHeaders: ['Authorization', 'Basic abc', 'Cookie', 'session=1'] }), NO_REDACT);
+    assert.deepEqual(parsed['request'].headers, { authorization: 'Basic abc', cookie: 'session=1' });
+  });
+});
+
+describe('response headers', () => {
+  it('are parsed from the head as sent, including what Node added', () => {
+    const parsed = record(exchange());
+    assert.deepEqual(parsed['response'].headers, {
+      'x-powered-by': 'Express',
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': '13',
+      etag: 'W/"d-abc"',
+      date: 'Tue, 25 Nov 2025 11:00:00 GMT',
+      connection: 'keep-alive',
+      'keep-alive': 'timeout=5',
+    });
+  });
+
+  it('keep colons inside values, repeated names as arrays, and Transfer-Encoding', () => {
+    const head =
+      'HTTP/1.1 302 Found\r\n' +
+      'Location: http://example.com:8080/next?a=b\r\n' +
+      'X-Multi: one\r\n' +
+      'x-multi: two\r\n' +
+      'Transfer-Encoding: chunked\r\n' +
+      'X-Empty:\r\n' +
+      '\r\n';
+    const parsed = record(exchange({ response: { status: 302, head, headers: null } }), NO_REDACT);
+    assert.equal(parsed['response'].status, 302);
+    assert.deepEqual(parsed['response'].headers, {
+      location: 'http://example.com:8080/next?a=b',
+      'x-multi': ['one', 'two'],
+      'transfer-encoding': 'chunked',
+      'x-empty': '',
+    });
+  });
+
+  it('redacts Set-Cookie case-insensitively; a repeated one is "REDACTED", not an array', () => {
+    const head = 'HTTP/1.1 200 OK\r\nSET-COOKIE: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 0\r\n\r\n';
+    const parsed = record(exchange({ response: { status: 200, head, headers: null } }), DEFAULT_REDACT);
+    assert.equal(parsed['response'].headers['content-length'], '0');
+    assert.ok(!JSON.stringify(parsed).includes('a=1'));
+    assert.equal(parsed['response'].headers['set-cookie'], 'REDACTED');
+  });
+
+  it('redact: null logs Set-Cookie as sent', () => {
+    const head = 'HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\n';
+    const parsed = record(exchange({ response: { status: 200, head, headers: null } }), NO_REDACT);
+    assert.deepEqual(parsed['response'].headers, { 'set-cookie': ['a=1', 'b=2'] });
+  });
+
+  it('fall back to the headers object when the head text is not available', () => {
+    const response: CapturedResponse = {
+      status: 201,
+      head: null,
+      headers: {
+        'content-type': 'text/plain',
+        'content-length': 12,
+        'x-multi': ['1', '2'],
+        'set-cookie': ['a=1', 'b=2'],
+        authorization: 'secret',
+        'x-undefined': undefined,
+      },
+    };
+    const parsed = record(exchange({ response }), DEFAULT_REDACT);
+    assert.equal(parsed['response'].status, 201);
+    assert.deepEqual(parsed['response'].headers, {
+      'content-type': 'text/plain',
+      'content-length': '12',
+      'x-multi': ['1', '2'],
+      'set-cookie': 'REDACTED',
+      authorization: 'REDACTED',
+    });
+  });
+
+  it('are {} with neither a head nor headers', () => {
+    const parsed = record(exchange({ response: { status: 204, head: null, headers: null } }));
+    assert.equal(parsed['response'].status, 204);
+    assert.deepEqual(parsed['response'].headers, {});
+  });
+
+  it('decode UTF-8 header values sent as latin1 text', () => {
+    const head = 'HTTP/1.1 200 OK\r\nX-Name: caf\u00c3\u00a9\r\nX-Bad: \u00c3\u00a9\u00ff\r\n\r\n';
+    const parsed = record(exchange({ response: { status: 200, head, headers: null } }), NO_REDACT);
+    assert.equal(parsed['response'].headers['x-name'], 'café');
+    assert.equal(parsed['response'].headers['x-bad'], '\u00c3\u00a9\u00ff');
+  });
+});
+
+describe('normalizeIp', () => {
+  it('turns IPv4-mapped IPv6 into IPv4 and leaves everything else', () => {
+    assert.equal(normalizeIp('::ffff:1.2.3.4'), '1.2.3.4');
+    assert.equal(normalizeIp('::ffff:127.0.0.1'), '127.0.0.1');
+    assert.equal(normalizeIp('::1'), '::1');
+    assert.equal(normalizeIp('1.2.3.4'), '1.2.3.4');
+    assert.equal(normalizeIp('fe80::1'), 'fe80::1');
+    assert.equal(normalizeIp('2001:db8::ffff:1'), '2001:db8::ffff:1');
+    assert.equal(normalizeIp('::ffff:abcd'), '::ffff:abcd');
+    assert.equal(normalizeIp(''), '');
+  });
+});
+
+describe('hostile input always gives one line of valid JSON', () => {
+  const nasty = [
+    'a\r\nb',
+    '\r',
+    '\n',
+    '\r\n\r\n{"request":1}\r\n',
+    'line\u2028separator\u2029paragraph',
+    '\u0000\u0001\u001f\u007f',
+    '"quoted" \\ backslash',
+    '\u00c3\u00a9\u00ff',
+    'lone \ud800 surrogate \udfff',
+    '</script><!--',
+  ];
+
+  /** encodeURIComponent, except that text it cannot encode (lone surrogates) is kept raw. */
+  function encode(text: string): string {
+    try {
+      return encodeURIComponent(text);
+    } catch {
+      return text;
+    }
+  }
+
+  for (const text of nasty) {
+    it(`${JSON.stringify(text)} in every field`, () => {
+      const ex = exchange({
+        method: `GET${text}`,
+        url: `/p${text}?k${text}=v${text}&${encode(text)}=${encode(text)}`,
+        rawHeaders: [`X-${text}`, `v${text}`, 'Host', text],
+        host: text,
+        clientIp: text,
+        route: { path: `/r${text}`, baseUrl: text },
+        response: { status: 200, head: `HTTP/1.1 200 OK\r\nX-Out: ${text}\r\n\r\n`, headers: null },
+      });
+      for (const settings of [SETTINGS, NO_REDACT]) {
+        const json = serializeRecord(ex, settings);
+        assertOneLine(json);
+        const parsed = JSON.parse(json) as Json;
+        assert.equal(parsed['request'].uri, ex.url, 'the uri is kept as sent');
+        assert.equal(parsed['request'].method, ex.method);
+        assert.equal(parsed['route'].base_url, text);
+        const query = parsed['request'].querystring as Json;
+        // The percent-encoded pair round-trips to the original text when it is well-formed.
+        if (Buffer.from(text, 'utf8').toString('utf8') === text) {
+          assert.equal(query[text], text);
+        }
+      }
+    });
+  }
+
+  it('a header value decoded from invalid UTF-8 stays valid JSON text', () => {
+    const parsed = record(exchange({ rawHeaders: ['X-Bytes', '\u00c3\u00a9\u00ff\u0080\u00fe'] }), NO_REDACT);
+    assert.equal(parsed['request'].headers['x-bytes'], '\u00c3\u00a9\u00ff\u0080\u00fe');
+  });
+
+  it('U+2028 and U+2029 survive the round trip', () => {
+    const parsed = record(exchange({ url: '/p?a=%E2%80%A8&b=\u2029' }), NO_REDACT);
+    assert.equal(parsed['request'].querystring.a, '\u2028');
+    assert.equal(parsed['request'].querystring.b, '\u2029');
+  });
+
+  it('a 16 KiB URL with 10 000 query parameters', () => {
+    const parts: string[] = [];
+    for (let i = 0; i < 10_000; i++) parts.push(i % 10 === 0 ? `k${i % 100}` : `k${i % 100}=${i}`);
+    const url = `/search?${parts.join('&')}`;
+    assert.ok(url.length >= 16 * 1024, `url is ${url.length} characters`);
+    const parsed = record(exchange({ url }), NO_REDACT);
+    const query = parsed['request'].querystring as Json;
+    assert.equal(Object.keys(query).length, 100);
+    assert.equal(query['k7'].length, 100);
+    assert.equal(query['k7'][0], '7');
+    assert.equal(query['k0'][0], true);
+    assert.equal(parsed['request'].uri, url);
+    const total = Object.values(query).reduce((n: number, v: unknown) => n + (Array.isArray(v) ? v.length : 1), 0);
+    assert.equal(total, 10_000);
+  });
+
+  it('64 KiB of headers', () => {
+    const raw: string[] = [];
+    for (let i = 0; i < 64; i++) raw.push(`X-H${i}`, `${'v'.repeat(1000)}\r\n${i}`);
+    const parsed = record(exchange({ rawHeaders: raw }), NO_REDACT);
+    assert.equal(Object.keys(parsed['request'].headers).length, 64);
+    assert.equal(parsed['request'].headers['x-h63'], `${'v'.repeat(1000)}\r\n63`);
+  });
+});
