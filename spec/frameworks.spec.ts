@@ -1,0 +1,177 @@
+/**
+ * The same middleware under Express 4, Express 5, Connect and a bare http.createServer, and an
+ * app that exits by itself with logging pointed at a dead server.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import connect from 'connect';
+import express5 from 'express';
+import tcplog = require('../lib/index.js');
+import { LineServer, invariant, listen, request, startLineServer } from './helpers.js';
+
+// Express 4 is installed as the dev alias `express4`; its types are close enough to 5's for a spec.
+// eslint-disable-next-line @typescript-eslint/no-require-imports
+const express4 = require('express4') as typeof express5;
+
+type Json = Record<string, any>;
+
+describe('works with', () => {
+  let receiver: LineServer;
+  const middlewares: tcplog.Middleware[] = [];
+
+  before(async () => {
+    receiver = await startLineServer();
+  });
+
+  after(async () => {
+    for (const mw of middlewares) {
+      assert.ok(invariant(mw.stats()));
+      await mw.close();
+    }
+    await receiver.close();
+  });
+
+  function logger(name: string): tcplog.Middleware {
+    const mw = tcplog({ host: '127.0.0.1', port: receiver.port, api: { name } });
+    middlewares.push(mw);
+    return mw;
+  }
+
+  async function recordFor(name: string): Promise<Json> {
+    for (;;) {
+      const found = receiver.records().find((r) => r['api']?.name === name);
+      if (found) return found;
+      await receiver.waitForLines(receiver.lines.length + 1);
+    }
+  }
+
+  for (const [label, factory] of [
+    ['Express 5', express5],
+    ['Express 4', express4],
+  ] as const) {
+    it(`${label}: app-level and router-level, with route and client_ip`, async () => {
+      const app = factory();
+      app.use(logger(`${label} app`));
+      const router = factory.Router();
+      router.use(logger(`${label} router`));
+      router.get('/:id', (req, res) => {
+        res.json({ id: req.params['id'] });
+      });
+      app.use('/items', router);
+      app.get('/plain', (_req, res) => {
+        res.send('plain');
+      });
+      const http = await listen(app);
+      try {
+        assert.equal((await request(http.port, '/items/9?x=1')).status, 200);
+        assert.equal((await request(http.port, '/plain')).status, 200);
+        const routed = await recordFor(`${label} router`);
+        assert.equal(routed['request'].uri, '/items/9?x=1');
+        assert.deepEqual(routed['request'].querystring, { x: '1' });
+        assert.deepEqual(routed['route'], { path: '/:id', base_url: '/items' });
+        assert.equal(routed['response'].status, 200);
+        assert.equal(routed['client_ip'], '127.0.0.1');
+        const plain = await recordFor(`${label} app`);
+        assert.equal(plain['request'].uri, '/plain');
+        assert.deepEqual(plain['route'], { path: '/plain', base_url: '' });
+      } finally {
+        await http.close();
+      }
+    });
+  }
+
+  it('Express honours trust proxy for client_ip and the scheme', async () => {
+    const app = express5();
+    app.set('trust proxy', true);
+    app.use(logger('trusting'));
+    app.get('/', (_req, res) => {
+      res.send('ok');
+    });
+    const http = await listen(app);
+    try {
+      await request(http.port, '/', { headers: { 'x-forwarded-for': '203.0.113.7', 'x-forwarded-proto': 'https' } });
+      const record = await recordFor('trusting');
+      assert.equal(record['client_ip'], '203.0.113.7');
+      assert.match(record['request'].request_uri, /^https:\/\//);
+    } finally {
+      await http.close();
+    }
+  });
+
+  it('Connect: no route, address from the socket, originalUrl kept under a mount', async () => {
+    const app = connect();
+    app.use(logger('connect'));
+    app.use('/mounted', (req: IncomingMessage, res: ServerResponse) => {
+      res.setHeader('content-type', 'text/plain');
+      res.end(`connect saw ${req.url}`);
+    });
+    const http = await listen(app);
+    try {
+      const reply = await request(http.port, '/mounted/a?b=2');
+      assert.equal(reply.body.toString(), 'connect saw /a?b=2');
+      const record = await recordFor('connect');
+      assert.equal(record['request'].uri, '/mounted/a?b=2');
+      assert.equal(record['route'], undefined);
+      assert.equal(record['client_ip'], '127.0.0.1');
+      assert.equal(record['response'].status, 200);
+    } finally {
+      await http.close();
+    }
+  });
+
+  it('bare http.createServer: call it with a next that answers', async () => {
+    const mw = logger('bare');
+    const http = await listen(function handler(req, res) {
+      mw(req, res, function answer() {
+        res.statusCode = 201;
+        res.end('created');
+      });
+    });
+    try {
+      assert.equal((await request(http.port, '/bare?q')).status, 201);
+      const record = await recordFor('bare');
+      assert.equal(record['response'].status, 201);
+      assert.deepEqual(record['request'].querystring, { q: true });
+      assert.match(record['request'].request_uri, /^http:\/\/127\.0\.0\.1:\d+\/bare\?q$/);
+    } finally {
+      await http.close();
+    }
+  });
+});
+
+describe('never keeps the process alive', () => {
+  it('an Express app logging to a dead server exits on its own once its HTTP server closes', async () => {
+    const probe = await startLineServer();
+    const deadPort = probe.port;
+    await probe.close();
+    const lib = path.resolve(__dirname, '../lib/index.js');
+    const script = `
+      const express = require('express');
+      const tcplog = require(${JSON.stringify(lib)});
+      const app = express();
+      app.use(tcplog({ host: '127.0.0.1', port: ${deadPort}, onError() {} }));
+      app.get('/', (req, res) => res.send('ok'));
+      const server = app.listen(0, '127.0.0.1', async () => {
+        const res = await fetch('http://127.0.0.1:' + server.address().port + '/', { headers: { connection: 'close' } });
+        await res.text();
+        server.close(() => console.log('closed'));
+      });`;
+    const child = spawn(process.execPath, ['-e', script], {
+      cwd: path.resolve(__dirname, '../..'),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const killer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+    const [code, signal] = (await once(child, 'exit')) as [number | null, string | null];
+    clearTimeout(killer);
+    assert.equal(signal, null, `the child had to be killed: it did not exit by itself. Output: ${output}`);
+    assert.equal(code, 0, output);
+    assert.match(output, /closed/);
+  });
+});
