@@ -5,13 +5,14 @@ import { EventEmitter, once } from 'node:events';
 import http from 'node:http';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
+import tls from 'node:tls';
 
 /** How long a spec waits for an event before failing; a bound on hanging, not a timing claim. */
 export const WAIT_MS = 8_000;
 
 /** A TCP log receiver that splits what it reads into records on `\n`, keeping any `\r`. */
 export class LineServer extends EventEmitter {
-  readonly server: net.Server;
+  readonly server: net.Server | tls.Server;
   /** Complete lines, without the `\n` (a `\r` before it stays, so framing can be checked). */
   readonly lines: string[] = [];
   /** Every byte received, in order, per connection. */
@@ -20,10 +21,17 @@ export class LineServer extends EventEmitter {
   readonly sockets = new Set<net.Socket>();
   #pending = new Map<net.Socket, string>();
 
-  constructor() {
+  /** With `tlsOptions`, a TLS server: records are read from the decrypted stream. */
+  constructor(tlsOptions?: tls.TlsOptions) {
     super();
-    this.server = net.createServer((socket) => this.#accept(socket));
+    this.server = tlsOptions
+      ? tls.createServer(tlsOptions, (socket) => this.#accept(socket))
+      : net.createServer((socket) => this.#accept(socket));
+    // Handshake failures are part of what TLS specs check; they are counted, never thrown.
+    this.server.on('tlsClientError', (err: Error) => this.tlsErrors.push(err));
   }
+
+  readonly tlsErrors: Error[] = [];
 
   get port(): number {
     return (this.server.address() as AddressInfo).port;
@@ -80,8 +88,8 @@ export class LineServer extends EventEmitter {
   }
 }
 
-export async function startLineServer(port = 0): Promise<LineServer> {
-  return new LineServer().listen(port);
+export async function startLineServer(port = 0, tlsOptions?: tls.TlsOptions): Promise<LineServer> {
+  return new LineServer(tlsOptions).listen(port);
 }
 
 /** Waits until `check()` holds, re-checking on each `event` of `emitter`. */

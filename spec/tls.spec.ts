@@ -1,0 +1,139 @@
+/**
+ * TLS to the log server: certificates verified by default, refusals reported and counted, mutual
+ * TLS, SNI, and the tls:// connection string. Certificates live in spec/fixtures/.
+ */
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { afterEach, describe, it } from 'node:test';
+import express from 'express';
+import tcplog = require('../lib/index.js');
+import { LineServer, invariant, listen, request, startLineServer, until, type Listening } from './helpers.js';
+
+const fixtures = path.resolve(__dirname, '../../spec/fixtures');
+const pem = (name: string): string => readFileSync(path.join(fixtures, name), 'utf8');
+const ca = pem('ca-cert.pem');
+const serverTls = { key: pem('server-key.pem'), cert: pem('server-cert.pem') };
+
+type Code = { code?: string };
+
+describe('TLS', () => {
+  const cleanup: Array<() => Promise<void>> = [];
+  const middlewares: tcplog.Middleware[] = [];
+
+  afterEach(async () => {
+    for (const mw of middlewares.splice(0)) {
+      assert.ok(invariant(mw.stats()));
+      await mw.close();
+    }
+    for (const step of cleanup.splice(0).reverse()) await step();
+  });
+
+  async function tlsReceiver(options: Parameters<typeof startLineServer>[1] = serverTls): Promise<LineServer> {
+    const receiver = await startLineServer(0, options);
+    cleanup.push(() => receiver.close());
+    return receiver;
+  }
+
+  async function appLoggingWith(options: tcplog.TcpLogOptions | string, more?: tcplog.TcpLogMoreOptions): Promise<{ mw: tcplog.Middleware; http: Listening; errors: Error[] }> {
+    const errors: Error[] = [];
+    const withErrors = { ...more, onError: (err: Error) => errors.push(err) };
+    const mw = typeof options === 'string' ? tcplog(options, withErrors) : tcplog({ ...options, ...withErrors });
+    middlewares.push(mw);
+    const app = express();
+    app.use(mw);
+    app.get('/', (_req, res) => {
+      res.send('ok');
+    });
+    const http = await listen(app);
+    cleanup.push(() => http.close());
+    return { mw, http, errors };
+  }
+
+  it('a certificate from the configured CA is accepted and records arrive', async () => {
+    const receiver = await tlsReceiver();
+    const { mw, http } = await appLoggingWith({ host: 'localhost', port: receiver.port, tls: { ca } });
+    await request(http.port, '/?secure');
+    await receiver.waitForLines(1);
+    assert.equal(receiver.records()[0]?.['request'].uri, '/?secure');
+    await until(() => mw.stats().sent === 1);
+    assert.equal(mw.stats().errors, 0);
+  });
+
+  it('the tls:// connection string with an IP address checks the IP against the certificate', async () => {
+    const receiver = await tlsReceiver();
+    const { http } = await appLoggingWith(`tls://127.0.0.1:${receiver.port}`, { tls: { ca } });
+    await request(http.port, '/');
+    await receiver.waitForLines(1);
+  });
+
+  it('an unknown CA is refused, reported and counted; nothing is sent', async () => {
+    const receiver = await tlsReceiver({ key: pem('stranger-key.pem'), cert: pem('stranger-cert.pem') });
+    const { mw, http, errors } = await appLoggingWith({ host: 'localhost', port: receiver.port, tls: { ca }, timeout: 500 });
+    await request(http.port, '/');
+    await until(() => errors.length > 0);
+    assert.match(String((errors[0] as Code).code), /UNABLE_TO_VERIFY_LEAF_SIGNATURE|SELF_SIGNED|UNABLE_TO_GET_ISSUER_CERT/);
+    assert.ok(mw.stats().errors >= 1);
+    assert.equal(mw.stats().sent, 0);
+    assert.equal(mw.stats().buffered, 1);
+    assert.equal(receiver.lines.length, 0);
+  });
+
+  it('tls: true verifies against the system CAs: a private CA is refused', async () => {
+    const receiver = await tlsReceiver();
+    const { mw, http, errors } = await appLoggingWith({ host: 'localhost', port: receiver.port, tls: true, timeout: 500 });
+    await request(http.port, '/');
+    await until(() => errors.length > 0);
+    assert.equal(mw.stats().sent, 0);
+    assert.equal(receiver.lines.length, 0);
+  });
+
+  it('a certificate for another host name is refused (tlsServername checked)', async () => {
+    const receiver = await tlsReceiver();
+    const { mw, http, errors } = await appLoggingWith({
+      host: '127.0.0.1',
+      port: receiver.port,
+      tls: { ca },
+      tlsServername: 'wrong.example',
+      timeout: 500,
+    });
+    await request(http.port, '/');
+    await until(() => errors.length > 0);
+    assert.equal((errors[0] as Code).code, 'ERR_TLS_CERT_ALTNAME_INVALID');
+    assert.equal(mw.stats().sent, 0);
+  });
+
+  it('tlsServername is sent as SNI and checked', async () => {
+    const names: Array<string | false> = [];
+    const receiver = await tlsReceiver({
+      ...serverTls,
+      SNICallback(name, done) {
+        names.push(name);
+        done(null, undefined);
+      },
+    });
+    const { http } = await appLoggingWith({ host: '127.0.0.1', port: receiver.port, tls: { ca }, tlsServername: 'logs.test' });
+    await request(http.port, '/');
+    await receiver.waitForLines(1);
+    assert.deepEqual(names, ['logs.test']);
+  });
+
+  it('mutual TLS: a client certificate is presented and required', async () => {
+    const receiver = await tlsReceiver({ ...serverTls, ca, requestCert: true, rejectUnauthorized: true });
+    const withCert = await appLoggingWith({
+      host: 'localhost',
+      port: receiver.port,
+      tls: { ca, key: pem('client-key.pem'), cert: pem('client-cert.pem') },
+    });
+    await request(withCert.http.port, '/?with-cert');
+    await receiver.waitForLines(1);
+    assert.equal(receiver.records()[0]?.['request'].uri, '/?with-cert');
+
+    const withoutCert = await appLoggingWith({ host: 'localhost', port: receiver.port, tls: { ca }, timeout: 500 });
+    await request(withoutCert.http.port, '/?without-cert');
+    await until(() => withoutCert.errors.length > 0 || receiver.tlsErrors.length > 0);
+    await until(() => receiver.tlsErrors.length > 0);
+    assert.equal(receiver.lines.length, 1, 'nothing from the client without a certificate');
+    assert.equal(withoutCert.mw.stats().sent + withoutCert.mw.stats().buffered + withoutCert.mw.stats().dropped, 1);
+  });
+});
