@@ -97,7 +97,12 @@ export class TcpLogClient implements RecordSink {
   }
 
   stats(): TcpLogStats {
-    return { ...this.#queue.counts(), connects: this.#connects, errors: this.#errors, connected: this.#state === 'open' };
+    return {
+      ...this.#queue.counts(),
+      connects: this.#connects,
+      errors: this.#errors,
+      connected: this.#state === 'open',
+    };
   }
 
   /**
@@ -209,9 +214,7 @@ export class TcpLogClient implements RecordSink {
     if (socket !== this.#socket) return;
     const code = (err as NodeJS.ErrnoException).code ?? 'ERR_SOCKET';
     const wrapped =
-      err instanceof TcpLogDeliveryError
-        ? err
-        : new TcpLogDeliveryError(this.settings.label, code, err.message, err);
+      err instanceof TcpLogDeliveryError ? err : new TcpLogDeliveryError(this.settings.label, code, err.message, err);
     this.#report(wrapped);
   }
 
@@ -314,9 +317,12 @@ export class TcpLogClient implements RecordSink {
       this.#failing = true;
       this.#droppedAtOutage = this.#queue.counts().dropped;
       if (this.#defaultReporters > 0) {
-        process.emitWarning(`${err.message}; records are buffered (up to ${this.settings.maxBufferBytes} bytes) and delivery is retried`, {
-          code: 'EXPRESS_TCPLOG_DELIVERY',
-        });
+        process.emitWarning(
+          `${err.message}; records are buffered (up to ${this.settings.maxBufferBytes} bytes) and delivery is retried`,
+          {
+            code: 'EXPRESS_TCPLOG_DELIVERY',
+          },
+        );
       }
     }
   }

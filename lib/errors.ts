@@ -15,7 +15,7 @@ export function show(value: unknown): string {
   if (typeof value === 'symbol') return value.toString();
   let text: string;
   try {
-    text = JSON.stringify(value) ?? String(value);
+    text = JSON.stringify(value) ?? Object.prototype.toString.call(value);
   } catch {
     // Circular structures and the like: the type is still worth showing.
     text = Object.prototype.toString.call(value);

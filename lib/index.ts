@@ -62,7 +62,9 @@ function createTcplog(target: unknown, more?: unknown, ...rest: unknown[]): TcpL
     return undefined as unknown as TcpLogMiddleware;
   }
   if (rest.length > 0) {
-    throw new TypeError(`${PACKAGE}: tcplog() takes at most two arguments (a connection string and options); got ${2 + rest.length}`);
+    throw new TypeError(
+      `${PACKAGE}: tcplog() takes at most two arguments (a connection string and options); got ${2 + rest.length}`,
+    );
   }
   const settings = parseOptions(target, more);
   const client = acquireClient(settings.destination, settings.onError);

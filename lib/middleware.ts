@@ -70,7 +70,7 @@ type TrackedResponse = ServerResponse & { [kExchange]?: LiveExchange; _header?: 
 export function createHandler(instance: Instance): Handler {
   return function tcplogMiddleware(req: IncomingMessage, res: ServerResponse, next: Next): void {
     try {
-      capture(instance, req as TrackedRequest, res as TrackedResponse);
+      capture(instance, req, res);
     } catch (err) {
       instance.reportInternal(err);
     }
@@ -103,6 +103,8 @@ function capture(instance: Instance, req: TrackedRequest, res: TrackedResponse):
     writtenAtStart: marks.open === 0 ? socket.bytesWritten : undefined,
     // Read now: once the socket is gone the address may be too.
     remoteAddress: socket.remoteAddress,
+    // Called later as exchange.push.call(req, ...): the original, unbound on purpose.
+    // eslint-disable-next-line @typescript-eslint/unbound-method
     push: req.push,
     end: null,
   };
@@ -175,7 +177,12 @@ function onResponseFinished(_err: Error | null, res: TrackedResponse): void {
   }
 }
 
-function describe(exchange: LiveExchange, res: TrackedResponse, finishedAt: number, responseBytes: number): CapturedExchange {
+function describe(
+  exchange: LiveExchange,
+  res: TrackedResponse,
+  finishedAt: number,
+  responseBytes: number,
+): CapturedExchange {
   const { req, socket } = exchange;
   // res.statusCode is 200 by default even when nothing was sent: only a sent head has a status.
   let response: CapturedResponse | null = null;
@@ -199,8 +206,14 @@ function describe(exchange: LiveExchange, res: TrackedResponse, finishedAt: numb
     response,
     responseBytes,
     clientIp: expressValue(req, 'ip') ?? exchange.remoteAddress,
-    route: route && route.path !== undefined ? { path: String(route.path), baseUrl: req.baseUrl ?? '' } : null,
+    route: route && route.path !== undefined ? { path: routePath(route.path), baseUrl: req.baseUrl ?? '' } : null,
   };
+}
+
+/** Express route paths are strings, but may be a RegExp or an array of either. */
+function routePath(path: unknown): string {
+  if (Array.isArray(path)) return path.map(routePath).join(',');
+  return path instanceof RegExp ? path.toString() : typeof path === 'string' ? path : (JSON.stringify(path) ?? '');
 }
 
 /** Reads an Express getter (`req.ip`, `req.protocol`), which honours `trust proxy`. */

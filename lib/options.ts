@@ -291,7 +291,11 @@ function parseHost(value: unknown): string {
     throw new TcpLogOptionTypeError('host', value, 'an IPv6 address without brackets');
   }
   if (value.includes(':')) {
-    throw new TcpLogOptionTypeError('host', value, 'a host name or IP address without a port (give the port as "port")');
+    throw new TcpLogOptionTypeError(
+      'host',
+      value,
+      'a host name or IP address without a port (give the port as "port")',
+    );
   }
   if (/[\s/?#@\\]/.test(value) || value.length > 253) {
     throw new TcpLogOptionTypeError('host', value, 'a host name or IP address');
@@ -331,9 +335,9 @@ function parseTls(value: unknown, servername: unknown, host: string): Readonly<C
   }
   let base: ConnectionOptions;
   if (value === true) base = {};
-  else if (isPlainObject(value)) base = value as ConnectionOptions;
+  else if (isPlainObject(value)) base = value;
   else throw new TcpLogOptionTypeError('tls', value, 'true, false, or an object of tls.connect() options');
-  const sni = (servername as string | undefined) ?? base.servername ?? (isIP(host) ? undefined : host);
+  const sni = servername ?? base.servername ?? (isIP(host) ? undefined : host);
   // Node refuses an IP address as SNI name; the certificate is then checked against `host`.
   const merged: ConnectionOptions = { ...base };
   if (sni !== undefined) merged.servername = sni;
@@ -379,7 +383,7 @@ function parseApi(value: unknown): string | null {
   }
   let json: string | undefined;
   try {
-    json = JSON.stringify(value) as string | undefined;
+    json = JSON.stringify(value);
   } catch (err) {
     throw new TcpLogOptionTypeError('api', value, `an object JSON can serialize (${(err as Error).message})`);
   }

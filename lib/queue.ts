@@ -78,7 +78,7 @@ export class RecordQueue {
       this.#dropped++;
       return 1;
     }
-    let dropped = this.#makeRoom(bytes);
+    const dropped = this.#makeRoom(bytes);
     if (this.#waitingBytes + this.#inFlightBytes + bytes > this.maxBytes) {
       // What is in flight already sits in the socket; it cannot be taken back to make room.
       this.#dropped++;

@@ -74,13 +74,17 @@ export interface TcpLogRecord {
 
 const REDACTED = 'REDACTED';
 const utf8 = new TextDecoder('utf-8', { fatal: true });
-const NON_ASCII = /[^\x00-\x7f]/;
+const NON_ASCII = /[\u0080-\uffff]/;
 
 /** Serializes one exchange. The caller adds the delimiter (see framing.ts). */
 export function serializeRecord(exchange: CapturedExchange, settings: RecordSettings): string {
   // "<method> <uri> HTTP/<version>\r\n": three separators, "HTTP/" and CRLF are 9 bytes.
   const requestHead =
-    exchange.method.length + exchange.url.length + exchange.httpVersion.length + 9 + rawHeadersBytes(exchange.rawHeaders);
+    exchange.method.length +
+    exchange.url.length +
+    exchange.httpVersion.length +
+    9 +
+    rawHeadersBytes(exchange.rawHeaders);
   const request = {
     method: exchange.method,
     uri: exchange.url,
@@ -166,7 +170,10 @@ function headerText(value: string): string {
   }
 }
 
-export function headersFromRaw(raw: readonly string[], redact: ReadonlySet<string> | null): Record<string, string | string[]> {
+export function headersFromRaw(
+  raw: readonly string[],
+  redact: ReadonlySet<string> | null,
+): Record<string, string | string[]> {
   const headers: Record<string, string | string[]> = Object.create(null) as Record<string, string | string[]>;
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const name = (raw[i] ?? '').toLowerCase();
@@ -177,7 +184,10 @@ export function headersFromRaw(raw: readonly string[], redact: ReadonlySet<strin
   return headers;
 }
 
-function responseHeaders(response: CapturedResponse | null, redact: ReadonlySet<string> | null): Record<string, string | string[]> {
+function responseHeaders(
+  response: CapturedResponse | null,
+  redact: ReadonlySet<string> | null,
+): Record<string, string | string[]> {
   const headers: Record<string, string | string[]> = Object.create(null) as Record<string, string | string[]>;
   if (!response) return headers;
   if (response.head !== null) {

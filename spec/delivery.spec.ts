@@ -12,7 +12,7 @@ import tcplog = require('../lib/index.js');
 import { activeClientCount } from '../lib/registry.js';
 import { TcpLogClient } from '../lib/client.js';
 import { parseOptions } from '../lib/options.js';
-import { LineServer, invariant, listen, request, startLineServer, until, waitFor, type Listening } from './helpers.js';
+import { invariant, listen, request, startLineServer, until, waitFor, type Listening } from './helpers.js';
 
 type Json = Record<string, any>;
 
@@ -120,7 +120,10 @@ describe('delivery', () => {
     assert.ok(joined.endsWith('\r\n'));
     assert.equal(joined.split('\r\n').length, 301);
     const ns = receiver.records().map((r) => Number(String(r['request'].uri).slice(3)));
-    assert.deepEqual([...ns].sort((a, b) => a - b), Array.from({ length: 300 }, (_, i) => i));
+    assert.deepEqual(
+      [...ns].sort((a, b) => a - b),
+      Array.from({ length: 300 }, (_, i) => i),
+    );
     assert.equal(receiver.connections, 1);
     assert.equal(mw.stats().connects, 1);
     await until(() => mw.stats().sent === 300);
@@ -130,7 +133,7 @@ describe('delivery', () => {
     const receiver = track(await startLineServer());
     const settings = parseOptions({ host: '127.0.0.1', port: receiver.port });
     const client = new TcpLogClient(settings.destination);
-    track({ close: async () => void client.shutdown() });
+    track({ close: () => Promise.resolve(void client.shutdown()) });
     const writes: number[] = [];
     receiver.on('connection', (socket: net.Socket) => socket.on('data', (chunk: Buffer) => writes.push(chunk.length)));
     for (let i = 0; i < 2000; i++) client.push(`{"i":${i}}\r\n`);
@@ -325,7 +328,12 @@ describe('delivery', () => {
     for (let i = 0; i < 3; i++) await request(http.port, `/n/${i}`);
     await mw.close();
     assert.deepEqual(
-      { records: mw.stats().records, sent: mw.stats().sent, dropped: mw.stats().dropped, buffered: mw.stats().buffered },
+      {
+        records: mw.stats().records,
+        sent: mw.stats().sent,
+        dropped: mw.stats().dropped,
+        buffered: mw.stats().buffered,
+      },
       { records: 3, sent: 0, dropped: 3, buffered: 0 },
     );
     assert.ok(errors.some((err) => (err as { code?: string }).code === 'EDROPPED'));
@@ -355,11 +363,11 @@ describe('delivery', () => {
     // A listener whose process never accepts (its event loop is parked) and whose backlog is
     // full: the kernel leaves further SYNs unanswered, so a connect neither succeeds nor fails.
     const child = spawn(process.execPath, ['-e', STALLED_LISTENER], { stdio: ['ignore', 'pipe', 'inherit'] });
-    track({ close: async () => void child.kill('SIGKILL') });
+    track({ close: () => Promise.resolve(void child.kill('SIGKILL')) });
     const [portText] = (await once(child.stdout, 'data')) as [Buffer];
     const port = Number(portText.toString().trim());
     const fillers: net.Socket[] = [];
-    track({ close: async () => fillers.forEach((s) => s.destroy()) });
+    track({ close: () => Promise.resolve(fillers.forEach((s) => s.destroy())) });
     // Connect until one hangs: then the backlog is full.
     for (;;) {
       const filler = net.connect(port, '127.0.0.1').on('error', () => undefined);

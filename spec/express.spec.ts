@@ -111,7 +111,15 @@ describe('record fields over a real Express 5 app', () => {
       'Authorization: Bearer secret\r\nX-Twice: 1\r\nX-Twice: 2\r\nConnection: close\r\n\r\n';
     const { sent, received } = await raw(text);
     const record = await nextRecord('/get?foo=bar&foo=baz&flag&empty=&sp=a+b%20c');
-    assert.deepEqual(Object.keys(record), ['request', 'response', 'latencies', 'api', 'route', 'started_at', 'client_ip']);
+    assert.deepEqual(Object.keys(record), [
+      'request',
+      'response',
+      'latencies',
+      'api',
+      'route',
+      'started_at',
+      'client_ip',
+    ]);
     assert.deepEqual(record['route'], { path: '/get', base_url: '' });
     assert.equal(record['request'].method, 'GET');
     assert.equal(record['request'].uri, '/get?foo=bar&foo=baz&flag&empty=&sp=a+b%20c');
@@ -152,7 +160,8 @@ describe('record fields over a real Express 5 app', () => {
   });
 
   it('chunked request bodies are counted as the app reads them', async () => {
-    const text = 'POST /echo HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n';
+    const text =
+      'POST /echo HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n';
     const { received } = await raw(text);
     assert.match(received.toString(), /got 11/);
     const record = await nextRecord('/echo');
@@ -178,7 +187,9 @@ describe('record fields over a real Express 5 app', () => {
   });
 
   it('304 Not Modified', async () => {
-    const { received } = await raw('GET /cached HTTP/1.1\r\nHost: h\r\nIf-None-Match: "v1"\r\nConnection: close\r\n\r\n');
+    const { received } = await raw(
+      'GET /cached HTTP/1.1\r\nHost: h\r\nIf-None-Match: "v1"\r\nConnection: close\r\n\r\n',
+    );
     const record = await nextRecord('/cached');
     assert.equal(record['response'].status, 304);
     assert.equal(record['response'].size, received.length);

@@ -14,7 +14,6 @@ import tcplog = require('../lib/index.js');
 import { LineServer, invariant, listen, request, startLineServer } from './helpers.js';
 
 // Express 4 is installed as the dev alias `express4`; its types are close enough to 5's for a spec.
-// eslint-disable-next-line @typescript-eslint/no-require-imports
 const express4 = require('express4') as typeof express5;
 
 type Json = Record<string, any>;

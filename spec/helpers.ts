@@ -50,9 +50,13 @@ export class LineServer extends EventEmitter {
 
   /** Resolves once `count` lines have arrived. */
   waitForLines(count: number, timeoutMs = WAIT_MS): Promise<string[]> {
-    return waitFor(this, 'line', () => this.lines.length >= count, timeoutMs, () => `${this.lines.length}/${count} lines`).then(
-      () => this.lines,
-    );
+    return waitFor(
+      this,
+      'line',
+      () => this.lines.length >= count,
+      timeoutMs,
+      () => `${this.lines.length}/${count} lines`,
+    ).then(() => this.lines);
   }
 
   /** Closes the listener and every connection. */
@@ -165,7 +169,9 @@ export function request(
       (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (chunk: Buffer) => chunks.push(chunk));
-        res.on('end', () => resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }));
+        res.on('end', () =>
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) }),
+        );
         res.on('error', reject);
       },
     );
@@ -178,7 +184,11 @@ export function request(
  * Sends raw bytes on one connection and collects everything until the server closes it or
  * `until` says the reply is complete. For keep-alive, pipelining and malformed requests.
  */
-export function rawExchange(port: number, bytes: string | Buffer, done: (received: Buffer) => boolean): Promise<Buffer> {
+export function rawExchange(
+  port: number,
+  bytes: string | Buffer,
+  done: (received: Buffer) => boolean,
+): Promise<Buffer> {
   return new Promise((resolve, reject) => {
     const socket = net.connect(port, '127.0.0.1');
     const chunks: Buffer[] = [];

@@ -55,7 +55,9 @@ describe('hostile requests', () => {
   }
 
   it('percent-encoded CR/LF and U+2028 in the URL stay inside the record', async () => {
-    const record = await send('GET /a%0D%0Ab?x=1%0D%0A%7B%22injected%22%3Atrue%7D&ls=%E2%80%A8 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n');
+    const record = await send(
+      'GET /a%0D%0Ab?x=1%0D%0A%7B%22injected%22%3Atrue%7D&ls=%E2%80%A8 HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n',
+    );
     assert.equal(record['request'].uri, '/a%0D%0Ab?x=1%0D%0A%7B%22injected%22%3Atrue%7D&ls=%E2%80%A8');
     assert.equal(record['request'].querystring.x, '1\r\n{"injected":true}');
     assert.equal(record['request'].querystring.ls, '\u2028');

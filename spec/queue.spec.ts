@@ -21,7 +21,11 @@ function prng(seed: number): () => number {
 
 function checkInvariant(queue: RecordQueue): QueueCounts {
   const counts = queue.counts();
-  assert.equal(counts.records, counts.sent + counts.dropped + counts.buffered, `invariant broken: ${JSON.stringify(counts)}`);
+  assert.equal(
+    counts.records,
+    counts.sent + counts.dropped + counts.buffered,
+    `invariant broken: ${JSON.stringify(counts)}`,
+  );
   assert.ok(counts.buffered >= 0 && counts.bufferedBytes >= 0, `negative counts: ${JSON.stringify(counts)}`);
   assert.ok(counts.bufferedBytes <= queue.maxBytes, `over the bound: ${JSON.stringify(counts)} > ${queue.maxBytes}`);
   return counts;
@@ -58,7 +62,10 @@ describe('RecordQueue', () => {
       queue.sent(batch);
       checkInvariant(queue);
     }
-    assert.deepEqual(seen, Array.from({ length: 20 }, (_, i) => `r${i};`));
+    assert.deepEqual(
+      seen,
+      Array.from({ length: 20 }, (_, i) => `r${i};`),
+    );
     assert.deepEqual(queue.counts(), { records: 20, sent: 20, dropped: 0, buffered: 0, bufferedBytes: 0 });
     assert.equal(queue.idle, true);
   });
@@ -303,7 +310,10 @@ describe('RecordQueue', () => {
     }
     for (let i = 3000; i < 3100; i++) push(queue, `r${i},`, 1);
     const rest = takeAll(queue);
-    assert.deepEqual(rest.lines, Array.from({ length: 600 }, (_, k) => `r${2500 + k},`));
+    assert.deepEqual(
+      rest.lines,
+      Array.from({ length: 600 }, (_, k) => `r${2500 + k},`),
+    );
     queue.sent(rest);
     assert.deepEqual(queue.counts(), { records: 3100, sent: 3100, dropped: 0, buffered: 0, bufferedBytes: 0 });
   });
@@ -419,9 +429,21 @@ describe('RecordQueue', () => {
             assert.equal(batch, null, context(op, i));
           } else {
             assert.ok(batch, context(op, i));
-            assert.deepEqual(batch.lines, expected.map((r) => r.line), context(op, i));
-            assert.deepEqual(batch.sizes, expected.map((r) => r.bytes), context(op, i));
-            assert.equal(batch.bytes, expected.reduce((n, r) => n + r.bytes, 0), context(op, i));
+            assert.deepEqual(
+              batch.lines,
+              expected.map((r) => r.line),
+              context(op, i),
+            );
+            assert.deepEqual(
+              batch.sizes,
+              expected.map((r) => r.bytes),
+              context(op, i),
+            );
+            assert.equal(
+              batch.bytes,
+              expected.reduce((n, r) => n + r.bytes, 0),
+              context(op, i),
+            );
             assert.equal(batch.text, expected.map((r) => r.line).join(''), context(op, i));
             model.inFlight.set(batch, expected);
             batches.push(batch);
@@ -475,7 +497,11 @@ describe('RecordQueue', () => {
         model.sent += model.settle(batch).length;
       }
       for (let batch = queue.take(64); batch; batch = queue.take(64)) {
-        assert.deepEqual(batch.lines, model.take(64).map((r) => r.line), `seed ${seed}, drain`);
+        assert.deepEqual(
+          batch.lines,
+          model.take(64).map((r) => r.line),
+          `seed ${seed}, drain`,
+        );
         queue.sent(batch);
         model.sent += batch.lines.length;
       }

@@ -35,7 +35,10 @@ describe('TLS', () => {
     return receiver;
   }
 
-  async function appLoggingWith(options: tcplog.TcpLogOptions | string, more?: tcplog.TcpLogMoreOptions): Promise<{ mw: tcplog.Middleware; http: Listening; errors: Error[] }> {
+  async function appLoggingWith(
+    options: tcplog.TcpLogOptions | string,
+    more?: tcplog.TcpLogMoreOptions,
+  ): Promise<{ mw: tcplog.Middleware; http: Listening; errors: Error[] }> {
     const errors: Error[] = [];
     const withErrors = { ...more, onError: (err: Error) => errors.push(err) };
     const mw = typeof options === 'string' ? tcplog(options, withErrors) : tcplog({ ...options, ...withErrors });
@@ -69,10 +72,18 @@ describe('TLS', () => {
 
   it('an unknown CA is refused, reported and counted; nothing is sent', async () => {
     const receiver = await tlsReceiver({ key: pem('stranger-key.pem'), cert: pem('stranger-cert.pem') });
-    const { mw, http, errors } = await appLoggingWith({ host: 'localhost', port: receiver.port, tls: { ca }, timeout: 500 });
+    const { mw, http, errors } = await appLoggingWith({
+      host: 'localhost',
+      port: receiver.port,
+      tls: { ca },
+      timeout: 500,
+    });
     await request(http.port, '/');
     await until(() => errors.length > 0);
-    assert.match(String((errors[0] as Code).code), /UNABLE_TO_VERIFY_LEAF_SIGNATURE|SELF_SIGNED|UNABLE_TO_GET_ISSUER_CERT/);
+    assert.match(
+      String((errors[0] as Code).code),
+      /UNABLE_TO_VERIFY_LEAF_SIGNATURE|SELF_SIGNED|UNABLE_TO_GET_ISSUER_CERT/,
+    );
     assert.ok(mw.stats().errors >= 1);
     assert.equal(mw.stats().sent, 0);
     assert.equal(mw.stats().buffered, 1);
@@ -81,7 +92,12 @@ describe('TLS', () => {
 
   it('tls: true verifies against the system CAs: a private CA is refused', async () => {
     const receiver = await tlsReceiver();
-    const { mw, http, errors } = await appLoggingWith({ host: 'localhost', port: receiver.port, tls: true, timeout: 500 });
+    const { mw, http, errors } = await appLoggingWith({
+      host: 'localhost',
+      port: receiver.port,
+      tls: true,
+      timeout: 500,
+    });
     await request(http.port, '/');
     await until(() => errors.length > 0);
     assert.equal(mw.stats().sent, 0);
@@ -112,7 +128,12 @@ describe('TLS', () => {
         done(null, undefined);
       },
     });
-    const { http } = await appLoggingWith({ host: '127.0.0.1', port: receiver.port, tls: { ca }, tlsServername: 'logs.test' });
+    const { http } = await appLoggingWith({
+      host: '127.0.0.1',
+      port: receiver.port,
+      tls: { ca },
+      tlsServername: 'logs.test',
+    });
     await request(http.port, '/');
     await receiver.waitForLines(1);
     assert.deepEqual(names, ['logs.test']);
