@@ -10,5 +10,8 @@ export { tcplog };
 export type { TcpLogOptions, TcpLogMoreOptions } from './options.js';
 export type { TcpLogStats } from './client.js';
 export type { TcpLogRecord } from './record.js';
-export type { TcpLogDeliveryError } from './errors.js';
+/** The class of the errors given to `onError`, for `instanceof` checks. */
+export const TcpLogDeliveryError = tcplog.TcpLogDeliveryError;
+export const TcpLogOptionTypeError = tcplog.TcpLogOptionTypeError;
+export const TcpLogOptionRangeError = tcplog.TcpLogOptionRangeError;
 export type TcpLogMiddleware = tcplog.Middleware;

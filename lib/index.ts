@@ -35,6 +35,12 @@ interface TcpLogFactory {
   readonly tcplog: TcpLogFactory;
   /** The factory itself, for tools that read `.default` of a CommonJS module. */
   readonly default: TcpLogFactory;
+  /** The class of the errors given to `onError`: `code` (`ECONNREFUSED`, `ESTALLED`...) and `destination`. */
+  readonly TcpLogDeliveryError: typeof TcpLogDeliveryError;
+  /** Thrown by the factory for an option of the wrong type. */
+  readonly TcpLogOptionTypeError: typeof TcpLogOptionTypeError;
+  /** Thrown by the factory for an option out of range. */
+  readonly TcpLogOptionRangeError: typeof TcpLogOptionRangeError;
 }
 
 const MISUSE =
@@ -53,6 +59,19 @@ function looksLikeMiddlewareCall(first: unknown, second: unknown, third: unknown
     second !== null &&
     'setHeader' in second
   );
+}
+
+/** To the user's onError (which may not throw into us), else as a process warning when given one. */
+function notify(onError: ((err: Error) => void) | null, error: Error, warning: string | null, code: string): void {
+  if (onError) {
+    try {
+      onError(error);
+    } catch {
+      // A throwing onError must not reach the request path either.
+    }
+  } else if (warning !== null) {
+    process.emitWarning(warning, { code });
+  }
 }
 
 function createTcplog(target: unknown, more?: unknown, ...rest: unknown[]): TcpLogMiddleware {
@@ -77,18 +96,11 @@ function createTcplog(target: unknown, more?: unknown, ...rest: unknown[]): TcpL
     closed: false,
     reportInternal(err: unknown): void {
       const error = err instanceof Error ? err : new Error(String(err));
-      if (settings.onError) {
-        try {
-          settings.onError(error);
-        } catch {
-          // A throwing onError must not reach the request path either.
-        }
-      } else if (!reportedInternal) {
-        reportedInternal = true;
-        process.emitWarning(`${PACKAGE}: a record could not be built and was skipped: ${error.message}`, {
-          code: 'EXPRESS_TCPLOG_INTERNAL',
-        });
-      }
+      const warning = reportedInternal
+        ? null
+        : `${PACKAGE}: a record could not be built and was skipped: ${error.message}`;
+      reportedInternal = true;
+      notify(settings.onError, error, warning, 'EXPRESS_TCPLOG_INTERNAL');
     },
   };
 
@@ -101,13 +113,12 @@ function createTcplog(target: unknown, more?: unknown, ...rest: unknown[]): TcpL
         await client.flush(settings.destination.timeout);
         const dropped = releaseClient(client, settings.onError);
         if (dropped > 0) {
-          instance.reportInternal(
-            new TcpLogDeliveryError(
-              settings.destination.label,
-              'EDROPPED',
-              `close() gave up on ${dropped} records after ${settings.destination.timeout} ms`,
-            ),
+          const error = new TcpLogDeliveryError(
+            settings.destination.label,
+            'EDROPPED',
+            `close() gave up on ${dropped} records after ${settings.destination.timeout} ms`,
           );
+          notify(settings.onError, error, error.message, 'EXPRESS_TCPLOG_DELIVERY');
         }
       })();
     }

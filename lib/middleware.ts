@@ -62,6 +62,8 @@ interface LiveExchange {
   readonly push: Readable['push'];
   /** When the response finished (or the exchange was aborted) and the bytes it wrote. */
   end: { readonly at: number; readonly responseBytes: number } | null;
+  /** `req.baseUrl` when the innermost instance saw the request. */
+  mountedAt: string;
 }
 
 type TrackedRequest = ExpressLikeRequest & { [kExchange]?: LiveExchange };
@@ -82,7 +84,10 @@ function capture(instance: Instance, req: TrackedRequest, res: TrackedResponse):
   const existing = req[kExchange];
   if (existing) {
     // Nested instances (app-level, then router-level): one record, with the innermost's settings.
-    if (!instance.closed) existing.instance = instance;
+    if (!instance.closed) {
+      existing.instance = instance;
+      existing.mountedAt = req.baseUrl ?? '';
+    }
     return;
   }
   if (instance.closed) return;
@@ -107,6 +112,7 @@ function capture(instance: Instance, req: TrackedRequest, res: TrackedResponse):
     // eslint-disable-next-line @typescript-eslint/unbound-method
     push: req.push,
     end: null,
+    mountedAt: req.baseUrl ?? '',
   };
   marks.open++;
   req[kExchange] = exchange;
@@ -206,8 +212,17 @@ function describe(
     response,
     responseBytes,
     clientIp: expressValue(req, 'ip') ?? exchange.remoteAddress,
-    route: route && route.path !== undefined ? { path: routePath(route.path), baseUrl: req.baseUrl ?? '' } : null,
+    route: route && route.path !== undefined ? { path: routePath(route.path), baseUrl: baseUrl(req, exchange) } : null,
   };
+}
+
+/**
+ * The route's mount path. Express restores `req.baseUrl` when an error leaves a router, while
+ * `req.route` stays the router's: the innermost instance's mount point is then the better answer.
+ */
+function baseUrl(req: ExpressLikeRequest, exchange: LiveExchange): string {
+  const atFinish = req.baseUrl ?? '';
+  return exchange.mountedAt.length > atFinish.length ? exchange.mountedAt : atFinish;
 }
 
 /** Express route paths are strings, but may be a RegExp or an array of either. */

@@ -64,10 +64,23 @@ describe('record fields over a real Express 5 app', () => {
       arrivals.emit('hang');
     });
     const users = express.Router();
+    // The same instance again at router level: one record per request, the router's mount kept.
+    users.use(mw);
     users.get('/:id', (req, res) => {
       res.json({ id: req.params['id'] });
     });
+    users.post('/', express.json(), (_req, res) => {
+      res.status(201).end();
+    });
     app.use('/users', users);
+    app.use(function answerErrors(
+      err: Error & { status?: number },
+      _req: express.Request,
+      res: express.Response,
+      _next: express.NextFunction,
+    ) {
+      res.status(err.status ?? 500).send(err.message);
+    });
     http = await listen(app);
   });
 
@@ -252,6 +265,18 @@ describe('record fields over a real Express 5 app', () => {
     await request(http.port, '/users/42');
     const record = await nextRecord('/users/42');
     assert.deepEqual(record['route'], { path: '/:id', base_url: '/users' });
+  });
+
+  it("route keeps the router's mount path when an error leaves a router that has an instance", async () => {
+    const reply = await request(http.port, '/users', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: '{not json',
+    });
+    assert.equal(reply.status, 400);
+    const record = await nextRecord('/users');
+    assert.equal(record['response'].status, 400);
+    assert.deepEqual(record['route'], { path: '/', base_url: '/users' });
   });
 
   it('a client that aborts mid-response is logged with the status and bytes actually sent', async () => {
