@@ -59,6 +59,16 @@ export class LineServer extends EventEmitter {
     ).then(() => this.lines);
   }
 
+  /**
+   * A receiver's graceful restart: stop listening, half-close every connection, keep reading
+   * until the client has closed its side too.
+   */
+  async stopGracefully(): Promise<void> {
+    const closed = new Promise<void>((resolve) => this.server.close(() => resolve()));
+    for (const socket of this.sockets) socket.end();
+    await closed;
+  }
+
   /** Closes the listener and every connection. */
   async close(): Promise<void> {
     for (const socket of this.sockets) socket.destroy();

@@ -1,0 +1,257 @@
+/**
+ * Faults on the logging side, each run over plain TCP and over TLS: the app keeps answering,
+ * every record is accounted for, and none that the bound allows is lost.
+ */
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import net from 'node:net';
+import tls from 'node:tls';
+import { afterEach, describe, it } from 'node:test';
+import express from 'express';
+import tcplog = require('../lib/index.js');
+import { TcpLogClient } from '../lib/client.js';
+import { parseOptions } from '../lib/options.js';
+import { invariant, listen, request, until, type LineServer, type Listening } from './helpers.js';
+import { pem, transports } from './transports.js';
+
+type Code = { code?: string };
+
+const cleanup: Array<() => Promise<void> | void> = [];
+const middlewares: tcplog.Middleware[] = [];
+
+afterEach(async () => {
+  for (const mw of middlewares) assert.ok(invariant(mw.stats()), `invariant: ${JSON.stringify(mw.stats())}`);
+  for (const mw of middlewares.splice(0)) await mw.close();
+  for (const step of cleanup.splice(0).reverse()) await step();
+});
+
+/** A port that nothing listens on (yet). */
+async function freePort(): Promise<number> {
+  const probe = net.createServer().listen(0, '127.0.0.1');
+  await once(probe, 'listening');
+  const { port } = probe.address() as net.AddressInfo;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  return port;
+}
+
+async function appWith(mw: tcplog.Middleware): Promise<Listening> {
+  middlewares.push(mw);
+  const app = express();
+  app.use(mw);
+  app.get('/n/:n', (req, res) => {
+    res.json({ n: Number(req.params['n']) });
+  });
+  const http = await listen(app);
+  cleanup.push(() => http.close());
+  return http;
+}
+
+function numbers(receivers: LineServer[]): number[] {
+  return receivers.flatMap((r) => r.records().map((record) => Number(String(record['request'].uri).slice(3))));
+}
+
+for (const transport of transports) {
+  describe(`faults over ${transport.name}`, () => {
+    async function receiverOn(port = 0): Promise<LineServer> {
+      const receiver = await transport.startReceiver(port);
+      cleanup.push(() => receiver.close());
+      return receiver;
+    }
+
+    it('server down at start, up after 2 s: requests unaffected, records delivered in order', async () => {
+      const port = await freePort();
+      const errors: Error[] = [];
+      const mw = tcplog({ ...transport.destination(port), onError: (err) => errors.push(err) });
+      const http = await appWith(mw);
+      const upLater = new Promise<LineServer>((resolve) => setTimeout(() => resolve(receiverOn(port)), 2000));
+      let n = 0;
+      let up: LineServer | null = null;
+      void upLater.then((receiver) => (up = receiver));
+      // Traffic all along: before and after the server comes up.
+      while (up === null || n < 60) {
+        assert.equal((await request(http.port, `/n/${n++}`)).status, 200);
+        await new Promise((resolve) => setTimeout(resolve, 20));
+      }
+      const receiver = await upLater;
+      await receiver.waitForLines(n);
+      assert.deepEqual(
+        numbers([receiver]),
+        Array.from({ length: n }, (_, i) => i),
+      );
+      assert.ok(errors.length >= 1 && errors.every((err) => (err as Code).code === 'ECONNREFUSED'));
+      // Backoff: a 2 s outage costs a handful of attempts, not hundreds.
+      assert.ok(errors.length <= 20, `${errors.length} attempts during a 2 s outage`);
+    });
+
+    it('graceful restarts, 10 times during steady traffic: 0 records lost, order kept', async () => {
+      const first = await receiverOn();
+      const port = first.port;
+      const receivers = [first];
+      const mw = tcplog({ ...transport.destination(port), onError: () => undefined });
+      const http = await appWith(mw);
+      let n = 0;
+      let stop = false;
+      const traffic = (async function steadyTraffic() {
+        while (!stop) {
+          assert.equal((await request(http.port, `/n/${n++}`)).status, 200);
+          await new Promise((resolve) => setTimeout(resolve, 4));
+        }
+      })();
+      for (let restart = 0; restart < 10; restart++) {
+        const current = receivers.at(-1) as LineServer;
+        await current.waitForLines(current.lines.length + 20);
+        await current.stopGracefully();
+        receivers.push(await receiverOn(port));
+      }
+      await (receivers.at(-1) as LineServer).waitForLines(20);
+      stop = true;
+      await traffic;
+      await until(() => mw.stats().buffered === 0, 15_000, 'the backlog to drain');
+      const last = receivers.at(-1) as LineServer;
+      await until(() => numbers(receivers).length >= n, 5_000, 'all records');
+      assert.deepEqual(
+        numbers(receivers),
+        Array.from({ length: n }, (_, i) => i),
+      );
+      assert.ok(last.lines.length > 0);
+      assert.equal(mw.stats().dropped, 0);
+      assert.equal(mw.stats().sent, n);
+    });
+
+    it('a server that accepts but never reads: app unaffected, memory bounded, drops exact, then recovery', async () => {
+      // Accepted at the TCP level, never read: over TLS the handshake cannot even complete.
+      const stalled = net.createServer({ pauseOnConnect: true });
+      const held: net.Socket[] = [];
+      stalled.on('connection', (socket) => held.push(socket));
+      stalled.listen(0, '127.0.0.1');
+      await once(stalled, 'listening');
+      const closeStalled = (): Promise<void> => {
+        held.forEach((socket) => socket.destroy());
+        return new Promise<void>((resolve) => stalled.close(() => resolve()));
+      };
+      cleanup.push(() => (stalled.listening ? closeStalled() : undefined));
+      const port = (stalled.address() as net.AddressInfo).port;
+      const errors: Error[] = [];
+      const maxBufferBytes = 256 * 1024;
+      const settings = parseOptions({
+        ...transport.destination(port),
+        timeout: 300,
+        maxBufferBytes,
+      });
+      const client = new TcpLogClient(settings.destination);
+      client.addReporter((err) => errors.push(err));
+      cleanup.push(() => void client.shutdown());
+      // 40 MB of records against a reader that takes none: kernel buffers fill, then ours.
+      const record = `{"pad":"${'x'.repeat(10_000)}"}\r\n`;
+      let peak = 0;
+      for (let i = 0; i < 4000; i++) {
+        client.push(record);
+        peak = Math.max(peak, client.stats().bufferedBytes);
+        if (i % 100 === 0) await new Promise((resolve) => setImmediate(resolve));
+      }
+      assert.ok(peak <= maxBufferBytes, `peak ${peak} within ${maxBufferBytes}`);
+      // An app logging to the same stuck server keeps answering every request.
+      const mw = tcplog({ ...transport.destination(port), timeout: 300, maxBufferBytes, onError: () => undefined });
+      const http = await appWith(mw);
+      for (let i = 0; i < 50; i++) assert.equal((await request(http.port, `/n/${i}`)).status, 200);
+      assert.equal(mw.stats().records, 50);
+      // Plain TCP: the write stalls (no 'drain'); TLS: the handshake times out.
+      const expected = transport.name === 'tcp' ? 'ESTALLED' : 'ETIMEDOUT';
+      await until(() => errors.some((err) => (err as Code).code === expected), 5_000, expected);
+      const stats = client.stats();
+      assert.ok(stats.dropped > 0, 'beyond the bound, records are dropped');
+      assert.ok(invariant(stats));
+      // A reading server returns on the same port: what the bound kept is delivered.
+      await closeStalled();
+      const reader = await receiverOn(port);
+      client.push('{"last":true}\r\n');
+      await until(() => client.stats().buffered === 0, 10_000, 'the backlog to drain');
+      await until(() => reader.lines.includes('{"last":true}\r'), 5_000, 'the last record');
+      const final = client.stats();
+      assert.ok(invariant(final));
+      assert.equal(final.records, 4001);
+      await until(() => mw.stats().buffered === 0, 10_000, "the app's backlog to drain");
+      // The reader also gets the app's records: everything it got was counted as sent by one of the two.
+      assert.ok(final.sent + mw.stats().sent >= reader.lines.length, 'every record the reader got was counted as sent');
+    });
+
+    it('a server that resets every connection after some bytes: reconnects, counts, no crash', async () => {
+      const port = await freePort();
+      // Reads some bytes of records, then sends a TCP RST (over TLS: on the raw connection under it).
+      const raw: net.Socket[] = [];
+      const resetAfterSomeBytes = (socket: net.Socket, tcp: net.Socket): void => {
+        let seen = 0;
+        socket.on('data', (chunk: Buffer) => {
+          seen += chunk.length;
+          if (seen > 2000) tcp.resetAndDestroy();
+        });
+        socket.on('error', () => undefined);
+        tcp.on('error', () => undefined);
+      };
+      const resetting =
+        transport.name === 'tcp'
+          ? net.createServer((socket) => resetAfterSomeBytes(socket, socket))
+          : tls.createServer({ key: pem('server-key.pem'), cert: pem('server-cert.pem') }, (socket) =>
+              resetAfterSomeBytes(socket, raw.shift() as net.Socket),
+            );
+      resetting.on('connection', (socket: net.Socket) => raw.push(socket));
+      resetting.listen(port, '127.0.0.1');
+      await once(resetting, 'listening');
+      cleanup.push(() => new Promise<void>((resolve) => resetting.close(() => resolve())));
+      const errors: Error[] = [];
+      const mw = tcplog({ ...transport.destination(port), timeout: 1000, onError: (err) => errors.push(err) });
+      const http = await appWith(mw);
+      for (let i = 0; i < 40; i++) assert.equal((await request(http.port, `/n/${i}`)).status, 200);
+      await until(() => errors.length >= 2, 5_000, 'resets reported');
+      assert.ok(
+        errors.some((err) => ['ECONNRESET', 'EPIPE'].includes(String((err as Code).code))),
+        errors.map((e) => (e as Code).code).join(),
+      );
+      assert.ok(invariant(mw.stats()));
+      // A healthy server replaces it: whatever was still buffered arrives.
+      await new Promise<void>((resolve) => resetting.close(() => resolve()));
+      const healthy = await receiverOn(port);
+      await until(() => mw.stats().buffered === 0, 10_000, 'the backlog to drain');
+      assert.ok(invariant(mw.stats()));
+      assert.ok(healthy.lines.length > 0 || mw.stats().sent === 40);
+    });
+
+    it('an unknown host name is reported, never thrown', async () => {
+      const errors: Error[] = [];
+      const mw = tcplog({
+        ...transport.destination(9),
+        host: 'no-such-host.invalid',
+        timeout: 500,
+        onError: (err) => errors.push(err),
+      });
+      const http = await appWith(mw);
+      assert.equal((await request(http.port, '/n/1')).status, 200);
+      await until(() => errors.length > 0, 5_000, 'the lookup failure');
+      assert.match(String((errors[0] as Code).code), /ENOTFOUND|EAI_AGAIN|ETIMEDOUT/);
+      assert.equal(mw.stats().buffered, 1);
+    });
+  });
+}
+
+describe('error reporting without onError', () => {
+  it('one warning when delivery starts failing and one when it recovers, not one per record', async () => {
+    const warnings: Error[] = [];
+    const onWarning = (warning: Error): void => {
+      if ((warning as Code).code === 'EXPRESS_TCPLOG_DELIVERY') warnings.push(warning);
+    };
+    process.on('warning', onWarning);
+    cleanup.push(() => void process.off('warning', onWarning));
+    const port = await freePort();
+    const mw = tcplog({ host: '127.0.0.1', port });
+    const http = await appWith(mw);
+    for (let i = 0; i < 10; i++) await request(http.port, `/n/${i}`);
+    await until(() => mw.stats().errors >= 3, 5_000, 'several failed attempts');
+    const receiver = await transports[0]!.startReceiver(port);
+    cleanup.push(() => receiver.close());
+    await receiver.waitForLines(10);
+    await until(() => warnings.length >= 2, 5_000, 'the recovery warning');
+    assert.equal(warnings.length, 2, warnings.map((w) => w.message).join('\n'));
+    assert.match(warnings[0]!.message, /ECONNREFUSED|refused/i);
+    assert.match(warnings[1]!.message, /recovered/);
+  });
+});
