@@ -90,8 +90,10 @@ function createTcplog(target: unknown, more?: unknown, ...rest: unknown[]): TcpL
   let closing: Promise<void> | null = null;
   let reportedInternal = false;
 
+  const reportedHooks = new Set<string>();
   const instance: Instance = {
     record: settings.record,
+    hooks: settings.hooks,
     sink: client,
     closed: false,
     reportInternal(err: unknown): void {
@@ -101,6 +103,12 @@ function createTcplog(target: unknown, more?: unknown, ...rest: unknown[]): TcpL
         : `${PACKAGE}: a record could not be built and was skipped: ${error.message}`;
       reportedInternal = true;
       notify(settings.onError, error, warning, 'EXPRESS_TCPLOG_INTERNAL');
+    },
+    reportHook(hook: string, error: Error): void {
+      // Once per hook: a function that throws on every request must not flood the logs.
+      if (reportedHooks.has(hook)) return;
+      reportedHooks.add(hook);
+      notify(settings.onError, error, error.message, 'EXPRESS_TCPLOG_HOOK');
     },
   };
 

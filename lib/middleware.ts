@@ -10,8 +10,15 @@ import onFinished from 'on-finished';
 import onHeaders from 'on-headers';
 import type { RecordSink } from './client.js';
 import { frame } from './framing.js';
-import type { RecordSettings } from './options.js';
-import { serializeRecord, type CapturedExchange, type CapturedResponse } from './record.js';
+import { PACKAGE } from './errors.js';
+import type { Hooks, RecordSettings } from './options.js';
+import {
+  serializeRecord,
+  type CapturedExchange,
+  type CapturedResponse,
+  type CustomValue,
+  type Extras,
+} from './record.js';
 
 /** What Express (4 or 5) adds to a request; Connect and bare `http` have none of it. */
 interface ExpressLikeRequest extends IncomingMessage {
@@ -25,11 +32,14 @@ interface ExpressLikeRequest extends IncomingMessage {
 /** One middleware instance as the capture code sees it. */
 export interface Instance {
   readonly record: RecordSettings;
+  readonly hooks: Hooks;
   readonly sink: RecordSink;
   /** Set by close(): requests are no longer logged by this instance. */
   closed: boolean;
   /** Reports a bug of ours caught on the finish path; never throws. */
   readonly reportInternal: (err: unknown) => void;
+  /** Reports a failing user hook, once per hook (`skip`, `consumer`, `customFields["x"]`). */
+  readonly reportHook: (hook: string, err: Error) => void;
 }
 
 export type Next = (err?: unknown) => void;
@@ -172,15 +182,75 @@ function onResponseFinished(_err: Error | null, res: TrackedResponse): void {
   const exchange = res[kExchange];
   if (!exchange) return;
   settle(exchange);
-  const { instance, end } = exchange;
+  const { instance, end, req } = exchange;
   if (instance.closed || !end) return;
   try {
-    const json = serializeRecord(describe(exchange, res, end.at, end.responseBytes), instance.record);
+    const { hooks } = instance;
+    if (hooks.skip !== null) {
+      const skip = hooks.skip;
+      if (callHook(instance, 'skip', () => skip(req, res)) === true) return;
+    }
+    const extras = hooks.consumer !== null || hooks.customFields.length > 0 ? runHooks(instance, req, res) : undefined;
+    const json = serializeRecord(describe(exchange, res, end.at, end.responseBytes), instance.record, extras);
     instance.sink.push(frame(json, instance.record.delimiter));
   } catch (err) {
     // on-finished calls back from the event loop: a throw here would crash the app.
     instance.reportInternal(err);
   }
+}
+
+const FAILED = Symbol('hook failed');
+
+/** Calls a user function; a throw is reported once and never reaches the app. */
+function callHook(instance: Instance, hook: string, call: () => unknown): unknown {
+  try {
+    return call();
+  } catch (err) {
+    instance.reportHook(
+      hook,
+      new Error(`${PACKAGE}: ${hook} threw: ${(err as Error)?.message ?? String(err)}`, { cause: err }),
+    );
+    return FAILED;
+  }
+}
+
+/** A value JSON can write, or FAILED (reported): a BigInt or a cycle would lose the whole record. */
+function serializable(instance: Instance, hook: string, value: unknown): unknown {
+  try {
+    JSON.stringify(value);
+    return value;
+  } catch (err) {
+    instance.reportHook(
+      hook,
+      new Error(`${PACKAGE}: ${hook} returned a value JSON cannot write: ${(err as Error).message}`),
+    );
+    return FAILED;
+  }
+}
+
+function runHooks(instance: Instance, req: ExpressLikeRequest, res: ServerResponse): Extras {
+  const { hooks } = instance;
+  let consumer: unknown;
+  if (hooks.consumer !== null) {
+    const find = hooks.consumer;
+    const value = callHook(instance, 'consumer', () => find(req));
+    if (typeof value === 'string') consumer = { id: value };
+    else if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+      consumer = serializable(instance, 'consumer', value);
+    } else if (value !== undefined && value !== FAILED) {
+      instance.reportHook('consumer', new Error(`${PACKAGE}: consumer must return an object, a string or undefined`));
+    }
+    if (consumer === FAILED) consumer = undefined;
+  }
+  const custom: CustomValue[] = [];
+  for (const field of hooks.customFields) {
+    const hook = `customFields[${JSON.stringify(field.name)}]`;
+    let value = callHook(instance, hook, () => field.fn(req, res));
+    if (value !== undefined && value !== FAILED) value = serializable(instance, hook, value);
+    // A failing field is left out; the rest of the record stands.
+    if (value !== FAILED) custom.push({ path: field.path, value });
+  }
+  return { consumer, custom };
 }
 
 function describe(
@@ -213,6 +283,7 @@ function describe(
     responseBytes,
     clientIp: expressValue(req, 'ip') ?? exchange.remoteAddress,
     route: route && route.path !== undefined ? { path: routePath(route.path), baseUrl: baseUrl(req, exchange) } : null,
+    requestId: requestId(req),
   };
 }
 
@@ -223,6 +294,12 @@ function describe(
 function baseUrl(req: ExpressLikeRequest, exchange: LiveExchange): string {
   const atFinish = req.baseUrl ?? '';
   return exchange.mountedAt.length > atFinish.length ? exchange.mountedAt : atFinish;
+}
+
+/** An incoming `x-request-id` (from a proxy or the client), logged as `request.id`. */
+function requestId(req: IncomingMessage): string | undefined {
+  const id = req.headers['x-request-id'];
+  return typeof id === 'string' && id.length > 0 ? id : undefined;
 }
 
 /** Express route paths are strings, but may be a RegExp or an array of either. */

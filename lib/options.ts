@@ -3,6 +3,7 @@
  * once, in the factory, so the per-request path does no checking. Pure.
  */
 import { isIP } from 'node:net';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ConnectionOptions } from 'node:tls';
 import { PACKAGE, TcpLogOptionRangeError, TcpLogOptionTypeError, show } from './errors.js';
 
@@ -53,12 +54,40 @@ export interface TcpLogOptions {
   /** A JSON object logged as `api` in every record, e.g. `{ name: 'users' }`. */
   api?: Record<string, unknown>;
   /**
+   * Adds fields to every record: `{ 'dotted.path': (req, res) => value }`. Dots nest
+   * (`'nested.keys'`), `\\.` escapes a literal dot, and a function returning `undefined` removes the
+   * field (`route: () => undefined`). Called when the response finishes; one that throws, or
+   * returns what JSON cannot hold, leaves that field out and is reported once (Kong's
+   * `custom_fields_by_lua`).
+   */
+  customFields?: Record<string, CustomFieldFunction>;
+  /**
+   * The authenticated consumer, logged as `consumer`: an object, or a string logged as
+   * `{ id: string }`; `undefined` leaves the field out. Called when the response finishes, so it
+   * sees what authentication middleware set on `req` (e.g. `req.user`).
+   */
+  consumer?(req: IncomingMessage): Record<string, unknown> | string | undefined;
+  /**
+   * `true` to leave a request out (morgan's convention), e.g. health checks, or every consumer but
+   * one. Called when the response finishes, so `res.statusCode` is known. One that throws counts
+   * as `false` (the request is logged) and is reported once.
+   */
+  skip?(req: IncomingMessage, res: ServerResponse): boolean;
+  /**
    * Called with each connection problem (a `TcpLogDeliveryError`). Never called from the request
    * path; an exception it throws is ignored.
    * @default a warning on stderr once when delivery starts failing and once when it recovers
    */
   onError?: (err: Error) => void;
 }
+
+/**
+ * One `customFields` entry. Declared as a method so that a function typed with Express's own
+ * `Request`/`Response` is accepted.
+ */
+export type CustomFieldFunction = {
+  field(req: IncomingMessage, res: ServerResponse): unknown;
+}['field'];
 
 /** Everything `tcplog()` accepts after a connection string. */
 export type TcpLogMoreOptions = Partial<TcpLogOptions>;
@@ -93,13 +122,25 @@ export interface RecordSettings {
   readonly delimiter: '\r\n' | '\n';
   /** Lower-case header names to redact, or `null` when redaction is off. */
   readonly redact: ReadonlySet<string> | null;
-  /** `api` serialized once, or `null` when not set. */
-  readonly apiJson: string | null;
+  /** A frozen copy of `api` (taken once, so later changes by the caller do not leak in), or `null`. */
+  readonly api: Readonly<Record<string, unknown>> | null;
+}
+
+/** The user's per-request functions, called by the middleware when a response finishes. */
+export interface Hooks {
+  readonly skip: ((req: IncomingMessage, res: ServerResponse) => boolean) | null;
+  readonly consumer: ((req: IncomingMessage) => unknown) | null;
+  readonly customFields: ReadonlyArray<{
+    readonly name: string;
+    readonly path: readonly string[];
+    readonly fn: (req: IncomingMessage, res: ServerResponse) => unknown;
+  }>;
 }
 
 export interface Settings {
   readonly destination: DestinationSettings;
   readonly record: RecordSettings;
+  readonly hooks: Hooks;
   readonly onError: ((err: Error) => void) | null;
 }
 
@@ -114,6 +155,9 @@ const KNOWN_OPTIONS = [
   'maxBufferBytes',
   'redact',
   'api',
+  'customFields',
+  'consumer',
+  'skip',
   'onError',
 ] as const;
 
@@ -139,7 +183,16 @@ export function parseOptions(target: unknown, more?: unknown): Settings {
   const tls = parseTls(options['tls'], options['tlsServername'], host);
   const delimiter = parseDelimiter(options['delimiter']);
   const redact = parseRedact(options['redact']);
-  const apiJson = parseApi(options['api']);
+  const api = parseApi(options['api']);
+  const hooks: Hooks = Object.freeze({
+    skip: parseFunction<NonNullable<Hooks['skip']>>('skip', options['skip'], 'a function (req, res) => boolean'),
+    consumer: parseFunction<NonNullable<Hooks['consumer']>>(
+      'consumer',
+      options['consumer'],
+      'a function (req) => object | string | undefined',
+    ),
+    customFields: parseCustomFields(options['customFields']),
+  });
   const onError = parseOnError(options['onError']);
 
   const scheme = tls ? 'tls' : 'tcp';
@@ -159,7 +212,8 @@ export function parseOptions(target: unknown, more?: unknown): Settings {
   });
   return Object.freeze({
     destination,
-    record: Object.freeze({ delimiter, redact, apiJson }),
+    record: Object.freeze({ delimiter, redact, api }),
+    hooks,
     onError,
   });
 }
@@ -376,7 +430,7 @@ function parseRedact(value: unknown): ReadonlySet<string> | null {
   return names.size === 0 ? null : names;
 }
 
-function parseApi(value: unknown): string | null {
+function parseApi(value: unknown): Readonly<Record<string, unknown>> | null {
   if (value === undefined) return null;
   if (!isPlainObject(value)) {
     throw new TcpLogOptionTypeError('api', value, 'a plain object, e.g. { name: "users" }');
@@ -391,11 +445,67 @@ function parseApi(value: unknown): string | null {
   if (typeof json !== 'string' || !json.startsWith('{')) {
     throw new TcpLogOptionTypeError('api', value, 'an object that serializes to a JSON object');
   }
-  return json;
+  return deepFreeze(JSON.parse(json) as Record<string, unknown>);
+}
+
+function deepFreeze<T>(value: T): T {
+  if (value !== null && typeof value === 'object') {
+    for (const child of Object.values(value)) deepFreeze(child);
+    Object.freeze(value);
+  }
+  return value;
+}
+
+/** Checks an optional callback; `F` is the signature it will be called with. */
+function parseFunction<F>(name: string, value: unknown, allowed: string): F | null {
+  if (value === undefined) return null;
+  if (typeof value !== 'function') throw new TcpLogOptionTypeError(name, value, allowed);
+  return value as F;
+}
+
+/** `'a.b\\.c'` -> `['a', 'b.c']`. */
+export function splitFieldPath(name: string): string[] {
+  const segments: string[] = [];
+  let current = '';
+  for (let i = 0; i < name.length; i++) {
+    const ch = name[i];
+    if (ch === '\\' && name[i + 1] === '.') {
+      current += '.';
+      i++;
+    } else if (ch === '.') {
+      segments.push(current);
+      current = '';
+    } else {
+      current += ch;
+    }
+  }
+  segments.push(current);
+  return segments;
+}
+
+function parseCustomFields(value: unknown): Hooks['customFields'] {
+  if (value === undefined) return [];
+  if (!isPlainObject(value)) {
+    throw new TcpLogOptionTypeError('customFields', value, "an object like { 'dotted.path': (req, res) => value }");
+  }
+  return Object.entries(value).map(function parseField([name, fn]) {
+    const option = `customFields[${JSON.stringify(name)}]`;
+    if (typeof fn !== 'function') throw new TcpLogOptionTypeError(option, fn, 'a function (req, res) => value');
+    const path = splitFieldPath(name);
+    if (path.some((segment) => segment === '')) {
+      throw new TcpLogOptionTypeError(
+        option,
+        name,
+        'a dotted path of non-empty names (escape a literal dot as "\\\\.")',
+      );
+    }
+    if (path.includes('__proto__')) {
+      throw new TcpLogOptionTypeError(option, name, 'a path without "__proto__"');
+    }
+    return Object.freeze({ name, path, fn: fn as (req: IncomingMessage, res: ServerResponse) => unknown });
+  });
 }
 
 function parseOnError(value: unknown): ((err: Error) => void) | null {
-  if (value === undefined) return null;
-  if (typeof value !== 'function') throw new TcpLogOptionTypeError('onError', value, 'a function (err) => void');
-  return value as (err: Error) => void;
+  return parseFunction<(err: Error) => void>('onError', value, 'a function (err) => void');
 }

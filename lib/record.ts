@@ -31,6 +31,8 @@ export interface CapturedExchange {
   readonly responseBytes: number;
   readonly clientIp: string | undefined;
   readonly route: { readonly path: string; readonly baseUrl: string } | null;
+  /** An incoming `x-request-id`, logged as `request.id`. */
+  readonly requestId: string | undefined;
 }
 
 export interface CapturedResponse {
@@ -76,8 +78,26 @@ const REDACTED = 'REDACTED';
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 const NON_ASCII = /[\u0080-\uffff]/;
 
-/** Serializes one exchange. The caller adds the delimiter (see framing.ts). */
-export function serializeRecord(exchange: CapturedExchange, settings: RecordSettings): string {
+/** A value computed per request by the user's `customFields`, already checked to serialize. */
+export interface CustomValue {
+  /** Path segments: `['nested', 'keys']` for `'nested.keys'`. */
+  readonly path: readonly string[];
+  /** `undefined` removes the field at `path`. */
+  readonly value: unknown;
+}
+
+/** What the user's hooks added to one request: `consumer` and `customFields`. */
+export interface Extras {
+  readonly consumer?: unknown;
+  readonly custom?: readonly CustomValue[];
+}
+
+/** Builds one record as an object, Kong's field order. */
+export function buildRecord(
+  exchange: CapturedExchange,
+  settings: RecordSettings,
+  extras?: Extras,
+): Record<string, unknown> {
   // "<method> <uri> HTTP/<version>\r\n": three separators, "HTTP/" and CRLF are 9 bytes.
   const requestHead =
     exchange.method.length +
@@ -85,14 +105,14 @@ export function serializeRecord(exchange: CapturedExchange, settings: RecordSett
     exchange.httpVersion.length +
     9 +
     rawHeadersBytes(exchange.rawHeaders);
-  const request = {
-    method: exchange.method,
-    uri: exchange.url,
-    request_uri: `${exchange.scheme}://${exchange.host}${exchange.url}`,
-    size: requestHead + exchange.requestBodyBytes,
-    querystring: parseQuery(exchange.url),
-    headers: headersFromRaw(exchange.rawHeaders, settings.redact),
-  };
+  const request: Record<string, unknown> = {};
+  if (exchange.requestId !== undefined) request['id'] = exchange.requestId;
+  request['method'] = exchange.method;
+  request['uri'] = exchange.url;
+  request['request_uri'] = `${exchange.scheme}://${exchange.host}${exchange.url}`;
+  request['size'] = requestHead + exchange.requestBodyBytes;
+  request['querystring'] = parseQuery(exchange.url);
+  request['headers'] = headersFromRaw(exchange.rawHeaders, settings.redact);
   const size = exchange.responseBytes;
   const headers = responseHeaders(exchange.response, settings.redact);
   // Kong's field order: status, size, headers; status only when a head was really sent.
@@ -102,15 +122,46 @@ export function serializeRecord(exchange: CapturedExchange, settings: RecordSett
   };
   if (exchange.headersAt !== null) latencies.proxy = Math.round(exchange.headersAt - exchange.arrivedAt);
 
-  // Built as text so that `api`, serialized once in the factory, is not serialized per request.
-  let json = `{"request":${JSON.stringify(request)},"response":${JSON.stringify(response)},"latencies":${JSON.stringify(latencies)}`;
-  if (settings.apiJson !== null) json += `,"api":${settings.apiJson}`;
-  if (exchange.route) {
-    json += `,"route":${JSON.stringify({ path: exchange.route.path, base_url: exchange.route.baseUrl })}`;
+  const record: Record<string, unknown> = { request, response, latencies };
+  if (settings.api !== null) record['api'] = settings.api;
+  if (exchange.route) record['route'] = { path: exchange.route.path, base_url: exchange.route.baseUrl };
+  if (extras?.consumer !== undefined) record['consumer'] = extras.consumer;
+  record['started_at'] = exchange.startedAt;
+  if (exchange.clientIp !== undefined) record['client_ip'] = normalizeIp(exchange.clientIp);
+  for (const field of extras?.custom ?? []) setPath(record, field.path, field.value);
+  return record;
+}
+
+/** Serializes one exchange. The caller adds the delimiter (see framing.ts). */
+export function serializeRecord(exchange: CapturedExchange, settings: RecordSettings, extras?: Extras): string {
+  return JSON.stringify(buildRecord(exchange, settings, extras));
+}
+
+/**
+ * Sets (or, for `undefined`, removes) the field at `path`. Missing or non-object parents become
+ * objects: the user's field wins. Parents on the path are copied first, because some are shared
+ * between records (`api` is one frozen object). `__proto__` never reaches here (refused in the
+ * factory), and spreading defines keys, so a `__proto__` key of request data stays a plain key.
+ */
+function setPath(record: Record<string, unknown>, path: readonly string[], value: unknown): void {
+  let node = record;
+  for (let i = 0; i < path.length - 1; i++) {
+    const key = path[i] as string;
+    const next = node[key];
+    if (next === null || typeof next !== 'object' || Array.isArray(next)) {
+      if (value === undefined) return;
+      const created: Record<string, unknown> = {};
+      node[key] = created;
+      node = created;
+    } else {
+      const copy: Record<string, unknown> = { ...(next as Record<string, unknown>) };
+      node[key] = copy;
+      node = copy;
+    }
   }
-  json += `,"started_at":${exchange.startedAt}`;
-  if (exchange.clientIp !== undefined) json += `,"client_ip":${JSON.stringify(normalizeIp(exchange.clientIp))}`;
-  return `${json}}`;
+  const last = path[path.length - 1] as string;
+  if (value === undefined) delete node[last];
+  else node[last] = value;
 }
 
 /**

@@ -417,7 +417,7 @@ describe('valid options', () => {
       'proxy-authorization',
       'set-cookie',
     ]);
-    assert.equal(settings.record.apiJson, null);
+    assert.equal(settings.record.api, null);
     assert.equal(settings.onError, null);
   }
 
@@ -436,7 +436,7 @@ describe('valid options', () => {
     assert.ok(Object.isFrozen(settings.record));
     options.api.name = 'changed';
     options.redact.push('x-other');
-    assert.equal(settings.record.apiJson, '{"name":"users"}');
+    assert.equal(JSON.stringify(settings.record.api), '{"name":"users"}');
     assert.deepEqual([...(settings.record.redact ?? [])], ['x-secret']);
   });
 
@@ -492,14 +492,17 @@ describe('valid options', () => {
     assert.equal(parseOptions({ ...VALID, redact: [] }).record.redact, null);
   });
 
-  it('serializes api once; a null-prototype object is fine', () => {
-    assert.equal(parseOptions({ ...VALID, api: { name: 'users', id: 3 } }).record.apiJson, '{"name":"users","id":3}');
+  it('copies api once; a null-prototype object is fine', () => {
+    assert.equal(
+      JSON.stringify(parseOptions({ ...VALID, api: { name: 'users', id: 3 } }).record.api),
+      '{"name":"users","id":3}',
+    );
     const bare = Object.create(null) as Record<string, unknown>;
     bare['name'] = 'bare';
-    assert.equal(parseOptions({ ...VALID, api: bare }).record.apiJson, '{"name":"bare"}');
+    assert.equal(JSON.stringify(parseOptions({ ...VALID, api: bare }).record.api), '{"name":"bare"}');
   });
 
-  /** parseOptions() either rejects `api` as an option error, or gives apiJson that is a JSON object. */
+  /** parseOptions() either rejects `api` as an option error, or keeps a copy that is a JSON object. */
   function checkApi(api: Record<string, unknown>): void {
     let settings: Settings;
     try {
@@ -509,16 +512,16 @@ describe('valid options', () => {
       assert.ok(err.message.startsWith('express-tcplog: option "api"'), err.message);
       return;
     }
-    const json = settings.record.apiJson;
-    assert.equal(typeof json, 'string', `apiJson should be text, got ${String(json)}`);
-    const parsed: unknown = JSON.parse(json as string);
+    const json = JSON.stringify(settings.record.api);
+    assert.equal(typeof json, 'string', `api should serialize to text, got ${String(json)}`);
+    const parsed: unknown = JSON.parse(json);
     assert.ok(
       parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed),
-      `apiJson ${json} is not a JSON object`,
+      `api ${json} is not a JSON object`,
     );
   }
 
-  it('api whose toJSON() returns undefined is rejected (a record is built as text around apiJson)', () => {
+  it('api whose toJSON() returns undefined is rejected ', () => {
     checkApi({ toJSON: (): undefined => undefined });
   });
 
@@ -531,7 +534,7 @@ describe('valid options', () => {
   it('api with a toJSON() giving an object is fine', () => {
     checkApi({ toJSON: (): object => ({ name: 'users' }) });
     assert.equal(
-      parseOptions({ ...VALID, api: { toJSON: () => ({ name: 'users' }) } }).record.apiJson,
+      JSON.stringify(parseOptions({ ...VALID, api: { toJSON: () => ({ name: 'users' }) } }).record.api),
       '{"name":"users"}',
     );
   });

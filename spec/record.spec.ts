@@ -11,13 +11,13 @@ import { frame } from '../lib/framing.js';
 import { parseOptions } from '../lib/options.js';
 import type { RecordSettings } from '../lib/options.js';
 
-const SETTINGS: RecordSettings = { delimiter: '\r\n', redact: new Set(['authorization']), apiJson: null };
+const SETTINGS: RecordSettings = { delimiter: '\r\n', redact: new Set(['authorization']), api: null };
 const DEFAULT_REDACT: RecordSettings = {
   delimiter: '\r\n',
   redact: new Set(['authorization', 'proxy-authorization', 'cookie', 'set-cookie']),
-  apiJson: null,
+  api: null,
 };
-const NO_REDACT: RecordSettings = { delimiter: '\n', redact: null, apiJson: null };
+const NO_REDACT: RecordSettings = { delimiter: '\n', redact: null, api: null };
 
 const RESPONSE_HEAD =
   'HTTP/1.1 200 OK\r\n' +
@@ -47,6 +47,7 @@ function exchange(overrides: Partial<CapturedExchange> = {}): CapturedExchange {
     responseBytes: 434,
     clientIp: '127.0.0.1',
     route: null,
+    requestId: undefined,
     ...overrides,
   };
 }
@@ -75,7 +76,7 @@ describe('serializeRecord', () => {
   it('writes the Kong fields in order, with every optional field present', () => {
     const json = serializeRecord(
       exchange({ route: { path: '/users/:id', baseUrl: '/users' }, clientIp: '::ffff:10.0.0.7' }),
-      { ...SETTINGS, apiJson: '{"name":"users"}' },
+      { ...SETTINGS, api: { name: 'users' } },
     );
     assertOneLine(json);
     const parsed = JSON.parse(json) as Json;
