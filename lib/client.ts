@@ -1,13 +1,14 @@
 /**
  * The shared TCP/TLS client: the whole socket lifecycle lives here. It connects lazily, writes
  * queued records in coalesced batches, honours backpressure, closes an idle connection after
- * `keepalive`, reconnects with backoff and jitter, and never lets an error or a handle reach the
- * app: sockets and timers are unref'd, errors go to the reporters and the counters.
+ * `keepalive`, reconnects with backoff and jitter, fails over between servers and back, and never
+ * lets an error or a handle reach the app: sockets and timers are unref'd, errors go to the
+ * reporters and the counters.
  */
 import net from 'node:net';
 import tls from 'node:tls';
 import { TcpLogDeliveryError } from './errors.js';
-import type { DestinationSettings } from './options.js';
+import type { DestinationSettings, ServerSettings } from './options.js';
 import { RecordQueue, type Batch } from './queue.js';
 
 /** Where the middleware hands finished records; the client is one, a test double another. */
@@ -42,32 +43,51 @@ type Reporter = (err: Error) => void;
 const BATCH_BYTES = 64 * 1024;
 const BACKOFF_BASE_MS = 50;
 const BACKOFF_CAP_MS = 5_000;
+/** How often a failed-over client checks whether the preferred server is back. */
+const FAILBACK_MS = 5_000;
 
-type State = 'idle' | 'connecting' | 'open' | 'ending' | 'waiting-retry' | 'closed';
+/** One socket to one server, and the batches written on it that are not yet confirmed. */
+interface Connection {
+  readonly socket: net.Socket;
+  readonly server: ServerSettings;
+  /** Index of `server` in the list: 0 is the preferred one. */
+  readonly index: number;
+  state: 'connecting' | 'open' | 'ending';
+  /** Written, callbacks pending, oldest first. */
+  readonly inFlight: Batch[];
+  /** Whether a write was confirmed: a connection that never did is a failure. */
+  confirmed: boolean;
+  connectTimer: NodeJS.Timeout | null;
+  stallTimer: NodeJS.Timeout | null;
+}
 
 export class TcpLogClient implements RecordSink {
   readonly settings: DestinationSettings;
   readonly #queue: RecordQueue;
-  #state: State = 'idle';
-  #socket: net.Socket | null = null;
-  /** Batches written on the current socket whose callbacks have not fired, oldest first. */
-  #inFlight: Batch[] = [];
-  /** Whether the current connection had a write confirmed: a connection that never did is a failure. */
-  #confirmed = false;
+  #closed = false;
+  /** The connection records are written to (connecting or open). */
+  #active: Connection | null = null;
+  /** A connection to the preferred server, opened while a later one is in use. */
+  #probe: Connection | null = null;
+  /** Connections being ended after a failback; their in-flight writes still settle. */
+  readonly #retired = new Set<Connection>();
+  /** Which server the next connection goes to. */
+  #next = 0;
+  /** Servers tried and failed since the last working connection, in this round. */
+  #failedInRound = 0;
   #attempt = 0;
   #connects = 0;
   #errors = 0;
   #flushImmediate: NodeJS.Immediate | null = null;
-  #connectTimer: NodeJS.Timeout | null = null;
   #retryTimer: NodeJS.Timeout | null = null;
-  #stallTimer: NodeJS.Timeout | null = null;
-  #reporters = new Set<Reporter>();
+  #failbackTimer: NodeJS.Timeout | null = null;
+  readonly #reporters = new Set<Reporter>();
   /** Instances relying on the default report (once per outage). */
   #defaultReporters = 0;
   #failing = false;
   #droppedAtOutage = 0;
   /** Resolvers of pending flush() calls: while any wait, handles are ref'd so the flush completes. */
-  #idleWaiters = new Set<() => void>();
+  readonly #idleWaiters = new Set<() => void>();
 
   constructor(settings: DestinationSettings) {
     this.settings = settings;
@@ -86,13 +106,12 @@ export class TcpLogClient implements RecordSink {
   }
 
   push(line: string): void {
-    if (this.#state === 'closed') {
+    this.#queue.push(line, Buffer.byteLength(line));
+    if (this.#closed) {
       // A record finishing after the last instance closed: accounted for, not sent.
-      this.#queue.push(line, Buffer.byteLength(line));
       this.#queue.dropWaiting();
       return;
     }
-    this.#queue.push(line, Buffer.byteLength(line));
     this.#kick();
   }
 
@@ -101,7 +120,7 @@ export class TcpLogClient implements RecordSink {
       ...this.#queue.counts(),
       connects: this.#connects,
       errors: this.#errors,
-      connected: this.#state === 'open',
+      connected: this.#active?.state === 'open',
     };
   }
 
@@ -111,17 +130,17 @@ export class TcpLogClient implements RecordSink {
    * not exit before the flush it asked for.
    */
   flush(timeoutMs: number): Promise<boolean> {
-    if (this.#queue.idle || this.#state === 'closed') return Promise.resolve(this.#queue.idle);
+    if (this.#queue.idle || this.#closed) return Promise.resolve(this.#queue.idle);
     return new Promise<boolean>((resolve) => {
-      const timer = setTimeout(function flushTimedOut() {
-        finish(false);
-      }, timeoutMs);
       const finish = (done: boolean): void => {
         clearTimeout(timer);
         this.#idleWaiters.delete(onIdle);
         this.#refHandles();
         resolve(done);
       };
+      const timer = setTimeout(function flushTimedOut() {
+        finish(false);
+      }, timeoutMs);
       const onIdle = (): void => finish(true);
       this.#idleWaiters.add(onIdle);
       this.#refHandles();
@@ -130,137 +149,200 @@ export class TcpLogClient implements RecordSink {
   }
 
   /**
-   * Ends the client for good: what is still waiting is dropped (and counted), the socket is ended
+   * Ends the client for good: what is still waiting is dropped (and counted), sockets are ended
    * gracefully so written data still reaches the server. Idempotent. Returns the records dropped.
    */
   shutdown(): number {
-    if (this.#state === 'closed') return 0;
-    this.#state = 'closed';
+    if (this.#closed) return 0;
+    this.#closed = true;
     this.#clearTimers();
-    const socket = this.#socket;
-    // In-flight batches belong to a socket we stop watching: they are given up, not requeued.
-    for (const batch of this.#inFlight) this.#queue.dropInFlight(batch);
-    this.#inFlight = [];
-    const dropped = this.#queue.dropWaiting();
-    this.#socket = null;
-    if (socket) {
+    for (const connection of this.#connections()) {
+      // In-flight batches belong to sockets we stop watching: given up, not requeued.
+      for (const batch of connection.inFlight) this.#queue.dropInFlight(batch);
+      connection.inFlight.length = 0;
+      this.#clearConnectionTimers(connection);
+      const { socket } = connection;
       socket.removeAllListeners('close');
       socket.on('error', ignoreError);
-      socket.end();
+      if (connection === this.#probe) socket.destroy();
+      else socket.end();
       socket.unref();
     }
+    this.#active = null;
+    this.#probe = null;
+    this.#retired.clear();
+    const dropped = this.#queue.dropWaiting();
     for (const wake of [...this.#idleWaiters]) wake();
     return dropped;
   }
 
   /** Moves things along after a push or a state change. */
   #kick(): void {
-    switch (this.#state) {
-      case 'idle':
-        if (this.#queue.waiting > 0) this.#connect();
-        break;
-      case 'open':
-        this.#scheduleFlush();
-        break;
-      default:
-        // connecting, ending, waiting-retry: the records wait for the next connection.
-        break;
+    if (this.#closed) return;
+    if (this.#active === null) {
+      // Waiting for a retry timer, or nothing to send: connect only when records wait.
+      if (this.#retryTimer === null && this.#queue.waiting > 0) this.#connect();
+    } else if (this.#active.state === 'open') {
+      this.#scheduleFlush();
     }
+    // connecting or ending: the records wait for the next connection.
   }
 
-  #connect(): void {
-    this.#state = 'connecting';
-    this.#confirmed = false;
-    const { host, port, timeout } = this.settings;
-    const tlsOptions = this.settings.tls;
-    const socket = tlsOptions ? tls.connect({ ...tlsOptions, host, port }) : net.connect({ host, port });
-    this.#socket = socket;
+  #open(index: number): Connection {
+    const server = this.settings.servers[index] as ServerSettings;
+    const { host, port } = server;
+    const socket = server.tls ? tls.connect({ ...server.tls, host, port }) : net.connect({ host, port });
+    const connection: Connection = {
+      socket,
+      server,
+      index,
+      state: 'connecting',
+      inFlight: [],
+      confirmed: false,
+      connectTimer: null,
+      stallTimer: null,
+    };
     // unref: logging must never keep the process alive (close() refs it while it flushes).
     if (this.#idleWaiters.size === 0) socket.unref();
     socket.setNoDelay(true);
-    this.#connectTimer = setTimeout(() => {
+    connection.connectTimer = this.#timer(() => {
       socket.destroy(
-        new TcpLogDeliveryError(this.settings.label, 'ETIMEDOUT', `connect timed out after ${timeout} ms`),
+        new TcpLogDeliveryError(server.label, 'ETIMEDOUT', `connect timed out after ${this.settings.timeout} ms`),
       );
-    }, timeout);
-    this.#refTimer(this.#connectTimer);
-
-    socket.once(tlsOptions ? 'secureConnect' : 'connect', () => this.#onOpen(socket));
-    socket.on('error', (err: Error) => this.#onSocketError(socket, err));
+    }, this.settings.timeout);
+    socket.once(server.tls ? 'secureConnect' : 'connect', () => this.#onOpen(connection));
+    socket.on('error', (err: Error) => this.#onSocketError(connection, err));
     socket.on('end', function onServerEnd() {
       // The server closed its side (Kong's test server does after one line): anything written
       // from now on would be lost, so stop here and let 'close' reconnect.
       socket.destroy();
     });
-    socket.on('close', () => this.#onClose(socket));
+    socket.on('close', () => this.#onClose(connection));
     socket.on('drain', () => {
-      this.#clearStall();
+      if (connection !== this.#active) return;
+      this.#clearStall(connection);
       this.#scheduleFlush();
     });
-    socket.on('timeout', () => this.#onIdle(socket));
+    socket.on('timeout', () => this.#onIdle(connection));
+    return connection;
   }
 
-  #onOpen(socket: net.Socket): void {
-    if (socket !== this.#socket) return;
-    this.#clear('connect');
-    this.#state = 'open';
+  #connect(): void {
+    this.#active = this.#open(this.#next);
+  }
+
+  #onOpen(connection: Connection): void {
+    if (connection.connectTimer) clearTimeout(connection.connectTimer);
+    connection.connectTimer = null;
+    if (connection === this.#probe) {
+      this.#failBack(connection);
+      return;
+    }
+    if (connection !== this.#active) return;
+    connection.state = 'open';
     this.#connects++;
-    if (this.settings.keepalive > 0) socket.setTimeout(this.settings.keepalive);
+    this.#failedInRound = 0;
+    if (this.settings.keepalive > 0) connection.socket.setTimeout(this.settings.keepalive);
     if (this.#failing) this.#recovered();
+    if (connection.index !== 0) this.#scheduleFailback();
     this.#flush();
   }
 
-  #onSocketError(socket: net.Socket, err: Error): void {
-    if (socket !== this.#socket) return;
+  /** The preferred server answered the probe: new records go there, the old connection ends. */
+  #failBack(probe: Connection): void {
+    this.#probe = null;
+    const old = this.#active;
+    if (old) {
+      old.state = 'ending';
+      this.#clearConnectionTimers(old);
+      old.socket.setTimeout(0);
+      this.#retired.add(old);
+      // end() still delivers what was written; its callbacks settle the old in-flight batches.
+      old.socket.end();
+    }
+    this.#active = probe;
+    this.#next = 0;
+    this.#onOpen(probe);
+  }
+
+  #scheduleFailback(): void {
+    if (this.#failbackTimer || this.#probe || this.settings.servers.length < 2) return;
+    this.#failbackTimer = this.#timer(
+      () => {
+        this.#failbackTimer = null;
+        if (this.#closed || !this.#active || this.#active.index === 0 || this.#active.state !== 'open') return;
+        this.#probe = this.#open(0);
+      },
+      jitter(FAILBACK_MS),
+      true,
+    );
+  }
+
+  #onSocketError(connection: Connection, err: Error): void {
+    // A probe failing only means the preferred server is still down: already reported.
+    if (connection === this.#probe) return;
     const code = (err as NodeJS.ErrnoException).code ?? 'ERR_SOCKET';
     const wrapped =
-      err instanceof TcpLogDeliveryError ? err : new TcpLogDeliveryError(this.settings.label, code, err.message, err);
+      err instanceof TcpLogDeliveryError
+        ? err
+        : new TcpLogDeliveryError(connection.server.label, code, err.message, err);
     this.#report(wrapped);
   }
 
-  #onIdle(socket: net.Socket): void {
-    if (socket !== this.#socket || this.#state !== 'open') return;
-    if (!this.#queue.idle) return;
-    this.#state = 'ending';
-    socket.end();
+  #onIdle(connection: Connection): void {
+    if (connection !== this.#active || connection.state !== 'open' || !this.#queue.idle) return;
+    connection.state = 'ending';
+    connection.socket.end();
   }
 
-  #onClose(socket: net.Socket): void {
-    if (socket !== this.#socket) return;
-    const wasOpen = this.#state === 'open' || this.#state === 'ending';
-    const worked = wasOpen && (this.#confirmed || this.#state === 'ending');
-    this.#socket = null;
-    this.#clearTimers();
+  #onClose(connection: Connection): void {
+    this.#clearConnectionTimers(connection);
     // Unconfirmed batches go back to the front, newest first so the order is kept.
-    for (let i = this.#inFlight.length - 1; i >= 0; i--) {
-      const batch = this.#inFlight[i];
+    for (let i = connection.inFlight.length - 1; i >= 0; i--) {
+      const batch = connection.inFlight[i];
       if (batch) this.#queue.requeue(batch);
     }
-    this.#inFlight = [];
-    if (this.#queue.waiting === 0) {
-      this.#state = 'idle';
-      this.#attempt = 0;
+    connection.inFlight.length = 0;
+    if (connection === this.#probe) {
+      this.#probe = null;
+      this.#scheduleFailback();
+      return;
+    }
+    if (this.#retired.delete(connection)) {
+      this.#kick();
       this.#wakeIdle();
       return;
     }
+    if (connection !== this.#active) return;
+    const worked = connection.state === 'ending' || (connection.state === 'open' && connection.confirmed);
+    this.#active = null;
+    if (this.#failbackTimer) clearTimeout(this.#failbackTimer);
+    this.#failbackTimer = null;
     if (worked) {
-      // A connection that delivered and then closed (idle close, server restart): go again now.
       this.#attempt = 0;
-      this.#state = 'idle';
-      this.#connect();
+      this.#failedInRound = 0;
+    } else if (++this.#failedInRound < this.settings.servers.length) {
+      // Fail over: the next server in the list, at once.
+      this.#next = (connection.index + 1) % this.settings.servers.length;
+      this.#kick();
+      this.#wakeIdle();
+      return;
+    } else {
+      // Every server failed in this round: back off, then start again from the preferred one.
+      this.#failedInRound = 0;
+      this.#attempt++;
+      this.#next = 0;
+      const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(this.#attempt - 1, 16));
+      this.#retryTimer = this.#timer(() => {
+        this.#retryTimer = null;
+        this.#kick();
+      }, jitter(ceiling));
+      this.#wakeIdle();
       return;
     }
-    this.#attempt++;
-    this.#state = 'waiting-retry';
-    const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(this.#attempt - 1, 16));
-    // Equal jitter: at least half the step, so a crowd of clients does not return in lockstep.
-    const delay = Math.round(ceiling / 2 + Math.random() * (ceiling / 2));
-    this.#retryTimer = setTimeout(() => {
-      this.#retryTimer = null;
-      this.#state = 'idle';
-      this.#kick();
-    }, delay);
-    this.#refTimer(this.#retryTimer);
+    // A connection that delivered and then closed (idle close, server restart): go again now.
+    this.#kick();
+    this.#wakeIdle();
   }
 
   #scheduleFlush(): void {
@@ -275,33 +357,35 @@ export class TcpLogClient implements RecordSink {
   }
 
   #flush(): void {
-    const socket = this.#socket;
-    if (!socket || this.#state !== 'open') return;
+    const connection = this.#active;
+    if (!connection || connection.state !== 'open') return;
+    const { socket } = connection;
     while (!socket.writableNeedDrain) {
       const batch = this.#queue.take(BATCH_BYTES);
       if (!batch) break;
-      this.#inFlight.push(batch);
-      socket.write(batch.text, (err) => this.#onWritten(socket, batch, err));
+      connection.inFlight.push(batch);
+      socket.write(batch.text, (err) => this.#onWritten(connection, batch, err));
     }
-    if (socket.writableNeedDrain && !this.#stallTimer) {
-      const { timeout, label } = this.settings;
-      this.#stallTimer = setTimeout(() => {
-        this.#stallTimer = null;
-        socket.destroy(new TcpLogDeliveryError(label, 'ESTALLED', `write did not drain within ${timeout} ms`));
+    if (socket.writableNeedDrain && !connection.stallTimer) {
+      const { timeout } = this.settings;
+      connection.stallTimer = this.#timer(() => {
+        connection.stallTimer = null;
+        socket.destroy(
+          new TcpLogDeliveryError(connection.server.label, 'ESTALLED', `write did not drain within ${timeout} ms`),
+        );
       }, timeout);
-      this.#refTimer(this.#stallTimer);
     }
   }
 
-  #onWritten(socket: net.Socket, batch: Batch, err: Error | null | undefined): void {
+  #onWritten(connection: Connection, batch: Batch, err: Error | null | undefined): void {
     // A failed write is settled by 'close', which requeues everything still in flight.
-    if (err || socket !== this.#socket) return;
-    const index = this.#inFlight.indexOf(batch);
+    if (err) return;
+    const index = connection.inFlight.indexOf(batch);
     if (index === -1) return;
-    this.#inFlight.splice(index, 1);
+    connection.inFlight.splice(index, 1);
     this.#queue.sent(batch);
-    this.#confirmed = true;
-    if (this.#queue.idle) this.#wakeIdle();
+    connection.confirmed = true;
+    this.#wakeIdle();
   }
 
   #report(err: TcpLogDeliveryError): void {
@@ -319,9 +403,7 @@ export class TcpLogClient implements RecordSink {
       if (this.#defaultReporters > 0) {
         process.emitWarning(
           `${err.message}; records are buffered (up to ${this.settings.maxBufferBytes} bytes) and delivery is retried`,
-          {
-            code: 'EXPRESS_TCPLOG_DELIVERY',
-          },
+          { code: 'EXPRESS_TCPLOG_DELIVERY' },
         );
       }
     }
@@ -332,7 +414,7 @@ export class TcpLogClient implements RecordSink {
     const dropped = this.#queue.counts().dropped - this.#droppedAtOutage;
     if (this.#defaultReporters > 0) {
       process.emitWarning(
-        `express-tcplog: ${this.settings.label}: delivery recovered` +
+        `express-tcplog: ${this.#active?.server.label ?? this.settings.label}: delivery recovered` +
           (dropped > 0 ? `; ${dropped} records were dropped meanwhile` : ''),
         { code: 'EXPRESS_TCPLOG_DELIVERY' },
       );
@@ -344,43 +426,59 @@ export class TcpLogClient implements RecordSink {
     for (const wake of [...this.#idleWaiters]) wake();
   }
 
+  #connections(): Connection[] {
+    return [this.#active, this.#probe, ...this.#retired].filter((c): c is Connection => c !== null);
+  }
+
+  /**
+   * A timer that follows the flush rule: ref'd while a flush() waits, unref'd otherwise.
+   * `alwaysUnref` for timers a flush never waits on (the failback probe).
+   */
+  #timer(callback: () => void, ms: number, alwaysUnref = false): NodeJS.Timeout {
+    const timer = setTimeout(callback, ms);
+    if (alwaysUnref || this.#idleWaiters.size === 0) timer.unref();
+    return timer;
+  }
+
   /** Refs handles while a flush() waits, unrefs them otherwise. */
   #refHandles(): void {
     const wanted = this.#idleWaiters.size > 0;
-    if (this.#socket) {
-      if (wanted) this.#socket.ref();
-      else this.#socket.unref();
+    for (const connection of this.#connections()) {
+      if (connection === this.#probe) continue;
+      if (wanted) connection.socket.ref();
+      else connection.socket.unref();
+      for (const timer of [connection.connectTimer, connection.stallTimer]) {
+        if (timer && wanted) timer.ref();
+        else if (timer) timer.unref();
+      }
     }
-    for (const timer of [this.#connectTimer, this.#retryTimer, this.#stallTimer]) {
-      if (timer) this.#refTimer(timer);
-    }
+    if (this.#retryTimer && wanted) this.#retryTimer.ref();
+    else if (this.#retryTimer) this.#retryTimer.unref();
   }
 
-  #refTimer(timer: NodeJS.Timeout): void {
-    if (this.#idleWaiters.size > 0) timer.ref();
-    else timer.unref();
+  #clearStall(connection: Connection): void {
+    if (connection.stallTimer) clearTimeout(connection.stallTimer);
+    connection.stallTimer = null;
   }
 
-  #clearStall(): void {
-    this.#clear('stall');
-  }
-
-  #clear(which: 'connect' | 'stall' | 'retry'): void {
-    if (which === 'connect' && this.#connectTimer) clearTimeout(this.#connectTimer);
-    if (which === 'stall' && this.#stallTimer) clearTimeout(this.#stallTimer);
-    if (which === 'retry' && this.#retryTimer) clearTimeout(this.#retryTimer);
-    if (which === 'connect') this.#connectTimer = null;
-    if (which === 'stall') this.#stallTimer = null;
-    if (which === 'retry') this.#retryTimer = null;
+  #clearConnectionTimers(connection: Connection): void {
+    if (connection.connectTimer) clearTimeout(connection.connectTimer);
+    connection.connectTimer = null;
+    this.#clearStall(connection);
   }
 
   #clearTimers(): void {
-    this.#clear('connect');
-    this.#clear('stall');
-    this.#clear('retry');
+    for (const timer of [this.#retryTimer, this.#failbackTimer]) if (timer) clearTimeout(timer);
+    this.#retryTimer = null;
+    this.#failbackTimer = null;
     if (this.#flushImmediate) clearImmediate(this.#flushImmediate);
     this.#flushImmediate = null;
   }
+}
+
+/** Equal jitter: at least half the step, so a crowd of clients does not return in lockstep. */
+function jitter(ms: number): number {
+  return Math.round(ms / 2 + Math.random() * (ms / 2));
 }
 
 function ignoreError(): void {

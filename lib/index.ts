@@ -29,6 +29,8 @@ interface TcpLogMiddleware {
 interface TcpLogFactory {
   /** Logs to the server given by `options` (`host` and `port` required). */
   (options: Options.TcpLogOptions): TcpLogMiddleware;
+  /** Logs to the first healthy server of `options.servers`, failing over in order. */
+  (options: Options.TcpLogServersOptions): TcpLogMiddleware;
   /** Logs to `'tcp://host:port'` or `'tls://host:port'`, with more options beside. */
   (connection: string, options?: Options.TcpLogMoreOptions): TcpLogMiddleware;
   /** The factory itself, for `const { tcplog } = require('express-tcplog')`. */
@@ -151,6 +153,8 @@ Object.defineProperties(tcplog, {
 declare namespace tcplog {
   export type TcpLogOptions = Options.TcpLogOptions;
   export type TcpLogMoreOptions = Options.TcpLogMoreOptions;
+  export type TcpLogServersOptions = Options.TcpLogServersOptions;
+  export type ServerOption = Options.ServerOption;
   export type TcpLogStats = Client.TcpLogStats;
   export type TcpLogRecord = Record.TcpLogRecord;
   export type Middleware = TcpLogMiddleware;

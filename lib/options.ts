@@ -89,8 +89,28 @@ export type CustomFieldFunction = {
   field(req: IncomingMessage, res: ServerResponse): unknown;
 }['field'];
 
+/** One entry of `servers` given as an object; `tls` defaults to the instance's `tls`. */
+export interface ServerOption {
+  host: string;
+  port: number;
+  tls?: boolean | ConnectionOptions;
+}
+
 /** Everything `tcplog()` accepts after a connection string. */
 export type TcpLogMoreOptions = Partial<TcpLogOptions>;
+
+/** Options with several log servers (failover) instead of `host` and `port`. */
+export interface TcpLogServersOptions extends Omit<TcpLogOptions, 'host' | 'port'> {
+  /**
+   * Log servers in order of preference: connection strings (`'tcp://a:5170'`, `'tls://b:6514'`)
+   * or `{ host, port, tls? }`. Records go to the first one that accepts a connection; on failure
+   * the next is tried; while a later one is in use, the preferred one is probed every few seconds
+   * and used again once it answers.
+   */
+  servers: ReadonlyArray<string | ServerOption>;
+  host?: never;
+  port?: never;
+}
 
 export const DEFAULT_TIMEOUT = 10_000;
 export const DEFAULT_KEEPALIVE = 60_000;
@@ -102,8 +122,20 @@ export const DEFAULT_REDACT: readonly string[] = Object.freeze([
   'set-cookie',
 ]);
 
+/** One log server the client can connect to. */
+export interface ServerSettings {
+  readonly host: string;
+  readonly port: number;
+  /** `null` for plain TCP; otherwise the options given to `tls.connect`. */
+  readonly tls: Readonly<ConnectionOptions> | null;
+  /** `tcp://host:port` or `tls://host:port`, for messages. */
+  readonly label: string;
+}
+
 /** What the client needs to reach one destination; equal keys share one connection. */
 export interface DestinationSettings {
+  /** In order of preference; `host`, `port`, `tls` and `label` below are the first one's. */
+  readonly servers: readonly ServerSettings[];
   readonly host: string;
   readonly port: number;
   readonly timeout: number;
@@ -147,6 +179,7 @@ export interface Settings {
 const KNOWN_OPTIONS = [
   'host',
   'port',
+  'servers',
   'timeout',
   'keepalive',
   'tls',
@@ -169,8 +202,6 @@ export function parseOptions(target: unknown, more?: unknown): Settings {
   const options = mergeTarget(target, more);
   checkKnownNames(options);
 
-  const host = parseHost(options['host']);
-  const port = parsePort(options['port']);
   const timeout = parseInteger('timeout', options['timeout'], DEFAULT_TIMEOUT, 1, MAX_TIMER_MS);
   const keepalive = parseInteger('keepalive', options['keepalive'], DEFAULT_KEEPALIVE, 0, MAX_TIMER_MS);
   const maxBufferBytes = parseInteger(
@@ -180,7 +211,7 @@ export function parseOptions(target: unknown, more?: unknown): Settings {
     1,
     Number.MAX_SAFE_INTEGER,
   );
-  const tls = parseTls(options['tls'], options['tlsServername'], host);
+  const servers = parseServers(options);
   const delimiter = parseDelimiter(options['delimiter']);
   const redact = parseRedact(options['redact']);
   const api = parseApi(options['api']);
@@ -195,20 +226,21 @@ export function parseOptions(target: unknown, more?: unknown): Settings {
   });
   const onError = parseOnError(options['onError']);
 
-  const scheme = tls ? 'tls' : 'tcp';
-  const hostPart = isIP(host) === 6 ? `[${host}]` : host;
-  const label = `${scheme}://${hostPart}:${port}`;
+  const first = servers[0] as ServerSettings;
   const destination: DestinationSettings = Object.freeze({
-    host,
-    port,
+    servers,
+    host: first.host,
+    port: first.port,
     timeout,
     keepalive,
     maxBufferBytes,
-    tls,
-    label,
+    tls: first.tls,
+    label: servers.map((server) => server.label).join(' | '),
     // Instances that differ in any connection setting get their own connection, so that no
     // instance's timeout or buffer bound is silently ignored.
-    key: `${label} timeout=${timeout} keepalive=${keepalive} max=${maxBufferBytes} tls=${tlsKey(tls)}`,
+    key:
+      servers.map((server) => `${server.label} tls=${tlsKey(server.tls)}`).join(' | ') +
+      ` timeout=${timeout} keepalive=${keepalive} max=${maxBufferBytes}`,
   });
   return Object.freeze({
     destination,
@@ -268,10 +300,58 @@ function mergeTarget(target: unknown, more: unknown): Record<string, unknown> {
   return target;
 }
 
-function parseConnectionString(text: string): { host: string; port: number; tls: boolean } {
+/** `host`/`port` (with `tls`), or the `servers` list: one server or several, in order. */
+function parseServers(options: Record<string, unknown>): readonly ServerSettings[] {
+  const list = options['servers'];
+  const servername = options['tlsServername'];
+  if (list === undefined) {
+    const host = parseHost(options['host']);
+    const port = parsePort(options['port']);
+    return Object.freeze([server(host, port, parseTls('tls', options['tls'], servername, host))]);
+  }
+  if (options['host'] !== undefined || options['port'] !== undefined) {
+    throw new TypeError(`${PACKAGE}: give either "host" and "port" or "servers", not both`);
+  }
+  if (!Array.isArray(list) || list.length === 0) {
+    throw new TcpLogOptionTypeError(
+      'servers',
+      list,
+      "a non-empty array of connection strings ('tcp://host:port') or { host, port } objects",
+    );
+  }
+  return Object.freeze(
+    (list as unknown[]).map(function parseServer(entry, i) {
+      const name = `servers[${i}]`;
+      if (typeof entry === 'string') {
+        const parsed = parseConnectionString(entry, name);
+        const tls = parsed.tls && (options['tls'] === undefined || options['tls'] === false) ? true : options['tls'];
+        return server(parsed.host, parsed.port, parseTls(name, tls, servername, parsed.host));
+      }
+      if (!isPlainObject(entry)) {
+        throw new TcpLogOptionTypeError(name, entry, "a connection string ('tcp://host:port') or { host, port, tls? }");
+      }
+      for (const key of Object.keys(entry)) {
+        if (key !== 'host' && key !== 'port' && key !== 'tls') {
+          throw new TypeError(`${PACKAGE}: option "${name}" has an unknown key "${key}"; allowed: host, port, tls`);
+        }
+      }
+      const host = parseHost(entry['host'], `${name}.host`);
+      const port = parsePort(entry['port'], `${name}.port`);
+      const tls = entry['tls'] === undefined ? options['tls'] : entry['tls'];
+      return server(host, port, parseTls(`${name}.tls`, tls, servername, host));
+    }),
+  );
+}
+
+function server(host: string, port: number, tls: Readonly<ConnectionOptions> | null): ServerSettings {
+  const hostPart = isIP(host) === 6 ? `[${host}]` : host;
+  return Object.freeze({ host, port, tls, label: `${tls ? 'tls' : 'tcp'}://${hostPart}:${port}` });
+}
+
+function parseConnectionString(text: string, option?: string): { host: string; port: number; tls: boolean } {
   const bad = (why: string): TypeError =>
     new TypeError(
-      `${PACKAGE}: connection string ${show(text)} ${why}; expected 'tcp://host:port' or 'tls://host:port'`,
+      `${PACKAGE}: ${option ? `option "${option}": ` : ''}connection string ${show(text)} ${why}; expected 'tcp://host:port' or 'tls://host:port'`,
     );
   let url: URL;
   try {
@@ -329,40 +409,40 @@ function checkKnownNames(options: Record<string, unknown>): void {
   }
 }
 
-function parseHost(value: unknown): string {
+function parseHost(value: unknown, option = 'host'): string {
   if (typeof value !== 'string' || value.length === 0) {
-    throw new TcpLogOptionTypeError('host', value, 'a non-empty string: a host name or IP address');
+    throw new TcpLogOptionTypeError(option, value, 'a non-empty string: a host name or IP address');
   }
   if (/^[a-z][a-z0-9+.-]*:\/\//i.test(value)) {
     throw new TcpLogOptionTypeError(
-      'host',
+      option,
       value,
       `a host name or IP address without a scheme (pass the whole URL as the first argument instead: tcplog(${show(value)}))`,
     );
   }
   if (isIP(value) === 6) return value;
   if (/^\[.*\]$/.test(value)) {
-    throw new TcpLogOptionTypeError('host', value, 'an IPv6 address without brackets');
+    throw new TcpLogOptionTypeError(option, value, 'an IPv6 address without brackets');
   }
   if (value.includes(':')) {
     throw new TcpLogOptionTypeError(
-      'host',
+      option,
       value,
       'a host name or IP address without a port (give the port as "port")',
     );
   }
   if (/[\s/?#@\\]/.test(value) || value.length > 253) {
-    throw new TcpLogOptionTypeError('host', value, 'a host name or IP address');
+    throw new TcpLogOptionTypeError(option, value, 'a host name or IP address');
   }
   return value;
 }
 
-function parsePort(value: unknown): number {
+function parsePort(value: unknown, option = 'port'): number {
   if (typeof value !== 'number') {
-    throw new TcpLogOptionTypeError('port', value, 'a number, an integer from 1 to 65535');
+    throw new TcpLogOptionTypeError(option, value, 'a number, an integer from 1 to 65535');
   }
   if (!Number.isInteger(value) || value < 1 || value > 65535) {
-    throw new TcpLogOptionRangeError('port', value, 'an integer from 1 to 65535');
+    throw new TcpLogOptionRangeError(option, value, 'an integer from 1 to 65535');
   }
   return value;
 }
@@ -377,7 +457,12 @@ function parseInteger(name: string, value: unknown, fallback: number, min: numbe
   return value;
 }
 
-function parseTls(value: unknown, servername: unknown, host: string): Readonly<ConnectionOptions> | null {
+function parseTls(
+  option: string,
+  value: unknown,
+  servername: unknown,
+  host: string,
+): Readonly<ConnectionOptions> | null {
   if (servername !== undefined && (typeof servername !== 'string' || servername.length === 0)) {
     throw new TcpLogOptionTypeError('tlsServername', servername, 'a non-empty string');
   }
@@ -390,7 +475,7 @@ function parseTls(value: unknown, servername: unknown, host: string): Readonly<C
   let base: ConnectionOptions;
   if (value === true) base = {};
   else if (isPlainObject(value)) base = value;
-  else throw new TcpLogOptionTypeError('tls', value, 'true, false, or an object of tls.connect() options');
+  else throw new TcpLogOptionTypeError(option, value, 'true, false, or an object of tls.connect() options');
   const sni = servername ?? base.servername ?? (isIP(host) ? undefined : host);
   // Node refuses an IP address as SNI name; the certificate is then checked against `host`.
   const merged: ConnectionOptions = { ...base };

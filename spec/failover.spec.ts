@@ -1,0 +1,168 @@
+/**
+ * `servers`: several collectors in order of preference, over TCP and TLS. The first healthy one
+ * gets the records; a failure moves them to the next; the preferred one is used again once back.
+ */
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import net from 'node:net';
+import { afterEach, describe, it } from 'node:test';
+import express from 'express';
+import tcplog = require('../lib/index.js');
+import { invariant, listen, request, until, type LineServer } from './helpers.js';
+import { transports } from './transports.js';
+
+const cleanup: Array<() => Promise<void> | void> = [];
+const middlewares: tcplog.Middleware[] = [];
+
+afterEach(async () => {
+  for (const mw of middlewares) assert.ok(invariant(mw.stats()), JSON.stringify(mw.stats()));
+  for (const mw of middlewares.splice(0)) await mw.close();
+  for (const step of cleanup.splice(0).reverse()) await step();
+});
+
+async function freePort(): Promise<number> {
+  const probe = net.createServer().listen(0, '127.0.0.1');
+  await once(probe, 'listening');
+  const { port } = probe.address() as net.AddressInfo;
+  await new Promise<void>((resolve) => probe.close(() => resolve()));
+  return port;
+}
+
+function uris(receiver: LineServer): number[] {
+  return receiver.records().map((r) => Number(String(r['request'].uri).slice(3)));
+}
+
+for (const transport of transports) {
+  describe(`servers failover over ${transport.name}`, () => {
+    async function receiverOn(port = 0): Promise<LineServer> {
+      const receiver = await transport.startReceiver(port);
+      cleanup.push(() => receiver.close());
+      return receiver;
+    }
+
+    async function appLogging(ports: number[], errors: Error[] = []): Promise<{ mw: tcplog.Middleware; port: number }> {
+      const servers = ports.map((port) => {
+        const { host, tls } = transport.destination(port);
+        return { host, port, ...(tls ? { tls } : {}) };
+      });
+      const mw = tcplog({ servers, timeout: 1000, onError: (err) => errors.push(err) });
+      middlewares.push(mw);
+      const app = express();
+      app.use(mw);
+      app.get('/n/:n', (req, res) => {
+        res.json({ n: Number(req.params['n']) });
+      });
+      const http = await listen(app);
+      cleanup.push(() => http.close());
+      return { mw, port: http.port };
+    }
+
+    it('the preferred server down: records go to the next one', async () => {
+      const down = await freePort();
+      const backup = await receiverOn();
+      const errors: Error[] = [];
+      const { mw, port } = await appLogging([down, backup.port], errors);
+      for (let i = 0; i < 5; i++) assert.equal((await request(port, `/n/${i}`)).status, 200);
+      await backup.waitForLines(5);
+      assert.deepEqual(uris(backup), [0, 1, 2, 3, 4]);
+      assert.ok(errors.some((err) => (err as { code?: string }).code === 'ECONNREFUSED'));
+      await until(() => mw.stats().sent === 5);
+    });
+
+    it('the server in use stops mid-stream: traffic continues on the other, every record accounted for', async () => {
+      const primary = await receiverOn();
+      const backup = await receiverOn();
+      const { mw, port } = await appLogging([primary.port, backup.port]);
+      let n = 0;
+      for (; n < 20; n++) await request(port, `/n/${n}`);
+      await primary.waitForLines(20);
+      await primary.stopGracefully();
+      for (; n < 40; n++) assert.equal((await request(port, `/n/${n}`)).status, 200);
+      await backup.waitForLines(20);
+      await until(() => mw.stats().buffered === 0);
+      assert.deepEqual(
+        [...uris(primary), ...uris(backup)],
+        Array.from({ length: 40 }, (_, i) => i),
+        'nothing lost, order kept across the two',
+      );
+      assert.equal(mw.stats().dropped, 0);
+      assert.equal(mw.stats().sent, 40);
+    });
+
+    it('all servers down: records wait, and go to whichever comes up', async () => {
+      const first = await freePort();
+      const second = await freePort();
+      const { mw, port } = await appLogging([first, second]);
+      for (let i = 0; i < 3; i++) await request(port, `/n/${i}`);
+      await until(() => mw.stats().errors >= 2, 5_000, 'both servers tried');
+      assert.equal(mw.stats().buffered, 3);
+      const late = await receiverOn(second);
+      await late.waitForLines(3, 10_000);
+      assert.deepEqual(uris(late), [0, 1, 2]);
+    });
+
+    it('goes back to the preferred server once it recovers', async () => {
+      const preferredPort = await freePort();
+      const backup = await receiverOn();
+      const { mw, port } = await appLogging([preferredPort, backup.port]);
+      await request(port, '/n/0');
+      await backup.waitForLines(1);
+      const preferred = await receiverOn(preferredPort);
+      // The client probes the preferred server every few seconds (jittered, at most 5 s).
+      const deadline = Date.now() + 12_000;
+      for (let n = 1; preferred.lines.length === 0; n++) {
+        assert.ok(Date.now() < deadline, 'records reach the recovered preferred server within 12 s');
+        assert.equal((await request(port, `/n/${n}`)).status, 200);
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      await until(() => mw.stats().buffered === 0);
+      const total = preferred.lines.length + backup.lines.length;
+      await until(() => preferred.lines.length + backup.lines.length >= mw.stats().sent, 5_000, 'all lines');
+      assert.ok(total > 1);
+      // Later records all go to the preferred one.
+      const before = backup.lines.length;
+      for (let i = 0; i < 5; i++) await request(port, `/n/final${i}`);
+      await until(() => preferred.records().filter((r) => String(r['request'].uri).includes('final')).length === 5);
+      assert.equal(backup.lines.length, before);
+    });
+  });
+}
+
+describe('servers option', () => {
+  const base = { timeout: 100 };
+  const bad: Array<[unknown, RegExp]> = [
+    [[], /option "servers" must be a non-empty array/],
+    ['tcp://a:1', /option "servers" must be a non-empty array/],
+    [[42], /option "servers\[0\]" must be a connection string/],
+    [['http://a:1'], /option "servers\[0\]": connection string "http:\/\/a:1" has scheme "http"/],
+    [[{ host: 'a' }], /option "servers\[0\].port" must be a number/],
+    [[{ host: 'a', port: 70000 }], /option "servers\[0\].port" must be an integer from 1 to 65535/],
+    [
+      ['tcp://a:1', { host: 'b:2', port: 2 }],
+      /option "servers\[1\].host" must be a host name or IP address without a port/,
+    ],
+    [[{ host: 'a', port: 1, weight: 2 }], /option "servers\[0\]" has an unknown key "weight"/],
+    [[{ host: 'a', port: 1, tls: 'yes' }], /option "servers\[0\].tls" must be true, false, or an object/],
+  ];
+  for (const [servers, message] of bad) {
+    it(`rejects servers: ${JSON.stringify(servers)}`, () => {
+      assert.throws(
+        () => tcplog({ ...base, servers } as unknown as tcplog.TcpLogServersOptions),
+        (err: Error) => (err instanceof TypeError || err instanceof RangeError) && message.test(err.message),
+      );
+    });
+  }
+
+  it('rejects host/port together with servers', () => {
+    assert.throws(
+      () => tcplog({ host: 'a', port: 1, servers: ['tcp://b:2'] } as unknown as tcplog.TcpLogServersOptions),
+      /either "host" and "port" or "servers", not both/,
+    );
+  });
+
+  it('accepts strings and objects; tls:// entries and the instance tls apply per server', async () => {
+    const mw = tcplog({ servers: ['tcp://127.0.0.1:9', { host: '::1', port: 10 }, 'tls://logs.test:6514'] });
+    assert.equal(typeof mw, 'function');
+    await mw.close();
+  });
+});
