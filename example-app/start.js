@@ -22,10 +22,12 @@ const EXIT_GUARD_MS = 15_000;
 
 function usage() {
   return [
-    'usage: node example-app/start.js [--collector tcp://host:port | tls://host:port] [--json]',
+    'usage: node example-app/start.js [--collector tcp://host:port | tls://host:port] [--lf] [--json]',
     '',
     '  --collector URL  send records to this collector instead of the built-in receiver',
-    '                   (also: TCPLOG_COLLECTOR=URL)',
+    '                   (also: TCPLOG_COLLECTOR=URL); several, comma-separated, fail over in order',
+    '  --lf             end records with "\\n" instead of "\\r\\n" (Logstash, Fluentd, Fluent Bit,',
+    '                   Vector, syslog-ng); also: TCPLOG_DELIMITER=lf',
     '  --json           the built-in receiver prints raw JSON (also: TCPLOG_RECEIVER_JSON=1)',
     '  PORT=N           port of the example app (default 3000)',
   ].join('\n');
@@ -34,6 +36,7 @@ function usage() {
 function parseArgs(argv) {
   const args = {
     collector: process.env.TCPLOG_COLLECTOR || null,
+    lf: process.env.TCPLOG_DELIMITER === 'lf',
     json: process.env.TCPLOG_RECEIVER_JSON === '1',
     help: false,
   };
@@ -42,10 +45,11 @@ function parseArgs(argv) {
     if (arg === '--collector') args.collector = argv[++i] || '';
     else if (arg.startsWith('--collector=')) args.collector = arg.slice('--collector='.length);
     else if (arg === '--json') args.json = true;
+    else if (arg === '--lf') args.lf = true;
     else if (arg === '--help' || arg === '-h') args.help = true;
     else throw new Error(`unknown argument ${JSON.stringify(arg)}`);
   }
-  if (args.collector !== null && !/^(tcp|tls):\/\/./.test(args.collector)) {
+  if (args.collector !== null && !args.collector.split(',').every((url) => /^(tcp|tls):\/\/./.test(url))) {
     throw new Error(
       `--collector must look like tcp://host:port or tls://host:port; got ${JSON.stringify(args.collector)}`,
     );
@@ -102,9 +106,11 @@ async function main() {
     destination = `tcp://127.0.0.1:${receiver.address().port}`;
   }
 
+  // Several collectors, comma-separated: the `servers` option fails over between them in order.
+  const logOptions = { servers: destination.split(','), ...(args.lf ? { delimiter: '\n' } : {}) };
   let app;
   try {
-    app = createApp(destination);
+    app = createApp(logOptions);
   } catch (error) {
     // tcplog() validates its options once, here: a bad collector URL is reported, not a stack.
     console.error(error.message);
