@@ -12,7 +12,7 @@ import tcplog = require('../lib/index.js');
 import { activeClientCount } from '../lib/registry.js';
 import { TcpLogClient } from '../lib/client.js';
 import { parseOptions } from '../lib/options.js';
-import { invariant, listen, request, startLineServer, until, waitFor, type Listening } from './helpers.js';
+import { freePort, invariant, listen, request, startLineServer, until, waitFor, type Listening } from './helpers.js';
 
 type Json = Record<string, any>;
 
@@ -62,9 +62,7 @@ async function appWith(mw: tcplog.Middleware): Promise<Listening> {
 describe('delivery', () => {
   it("Kong's test server: one line per connection, restarted three times on the same port", async () => {
     // Kong's spec server accepts one connection, reads one line, then closes it and the listener.
-    const probe = await startLineServer();
-    const port = probe.port;
-    await probe.close();
+    const port = await freePort();
     const mw = logger({ host: '127.0.0.1', port });
     const http = await appWith(mw);
     const received: Json[] = [];
@@ -184,9 +182,7 @@ describe('delivery', () => {
   });
 
   it('server down: requests are unaffected, records arrive once a server listens on the port', async () => {
-    const probe = await startLineServer();
-    const port = probe.port;
-    await probe.close();
+    const port = await freePort();
     const errors: Error[] = [];
     const mw = logger({ host: '127.0.0.1', port, onError: (err) => errors.push(err) });
     const http = await appWith(mw);
@@ -299,9 +295,7 @@ describe('delivery', () => {
   });
 
   it('close() delivers everything buffered before it resolves, even when the server comes up late', async () => {
-    const probe = await startLineServer();
-    const port = probe.port;
-    await probe.close();
+    const port = await freePort();
     const mw = logger({ host: '127.0.0.1', port, timeout: 5000, onError: () => undefined });
     const http = await appWith(mw);
     for (let i = 0; i < 20; i++) await request(http.port, `/n/${i}`);
@@ -319,9 +313,7 @@ describe('delivery', () => {
   });
 
   it('close() with the server down resolves within timeout and counts the drops', async () => {
-    const probe = await startLineServer();
-    const port = probe.port;
-    await probe.close();
+    const port = await freePort();
     const errors: Error[] = [];
     const mw = logger({ host: '127.0.0.1', port, timeout: 300, onError: (err) => errors.push(err) });
     const http = await appWith(mw);
@@ -340,9 +332,7 @@ describe('delivery', () => {
   });
 
   it('maxBufferBytes bounds what waits: the oldest records are dropped and counted', async () => {
-    const probe = await startLineServer();
-    const port = probe.port;
-    await probe.close();
+    const port = await freePort();
     const mw = logger({ host: '127.0.0.1', port, maxBufferBytes: 2000, onError: () => undefined });
     const http = await appWith(mw);
     for (let i = 0; i < 30; i++) await request(http.port, `/n/${i}`);

@@ -3,12 +3,10 @@
  * gets the records; a failure moves them to the next; the preferred one is used again once back.
  */
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
-import net from 'node:net';
 import { afterEach, describe, it } from 'node:test';
 import express from 'express';
 import tcplog = require('../lib/index.js');
-import { invariant, listen, request, until, type LineServer } from './helpers.js';
+import { freePort, invariant, listen, request, until, type LineServer } from './helpers.js';
 import { transports } from './transports.js';
 
 const cleanup: Array<() => Promise<void> | void> = [];
@@ -19,14 +17,6 @@ afterEach(async () => {
   for (const mw of middlewares.splice(0)) await mw.close();
   for (const step of cleanup.splice(0).reverse()) await step();
 });
-
-async function freePort(): Promise<number> {
-  const probe = net.createServer().listen(0, '127.0.0.1');
-  await once(probe, 'listening');
-  const { port } = probe.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => probe.close(() => resolve()));
-  return port;
-}
 
 function uris(receiver: LineServer): number[] {
   return receiver.records().map((r) => Number(String(r['request'].uri).slice(3)));

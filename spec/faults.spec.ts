@@ -11,7 +11,7 @@ import express from 'express';
 import tcplog = require('../lib/index.js');
 import { TcpLogClient } from '../lib/client.js';
 import { parseOptions } from '../lib/options.js';
-import { invariant, listen, request, until, type LineServer, type Listening } from './helpers.js';
+import { freePort, invariant, listen, request, until, type LineServer, type Listening } from './helpers.js';
 import { pem, transports } from './transports.js';
 
 type Code = { code?: string };
@@ -24,15 +24,6 @@ afterEach(async () => {
   for (const mw of middlewares.splice(0)) await mw.close();
   for (const step of cleanup.splice(0).reverse()) await step();
 });
-
-/** A port that nothing listens on (yet). */
-async function freePort(): Promise<number> {
-  const probe = net.createServer().listen(0, '127.0.0.1');
-  await once(probe, 'listening');
-  const { port } = probe.address() as net.AddressInfo;
-  await new Promise<void>((resolve) => probe.close(() => resolve()));
-  return port;
-}
 
 async function appWith(mw: tcplog.Middleware): Promise<Listening> {
   middlewares.push(mw);

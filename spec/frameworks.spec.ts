@@ -11,7 +11,7 @@ import { after, before, describe, it } from 'node:test';
 import connect from 'connect';
 import express5 from 'express';
 import tcplog = require('../lib/index.js');
-import { LineServer, invariant, listen, request, startLineServer } from './helpers.js';
+import { LineServer, freePort, invariant, listen, request, startLineServer } from './helpers.js';
 
 // Express 4 is installed as the dev alias `express4`; its types are close enough to 5's for a spec.
 const express4 = require('express4') as typeof express5;
@@ -144,9 +144,7 @@ describe('works with', () => {
 
 describe('never keeps the process alive', () => {
   it('an Express app logging to a dead server exits on its own once its HTTP server closes', async () => {
-    const probe = await startLineServer();
-    const deadPort = probe.port;
-    await probe.close();
+    const deadPort = await freePort();
     const lib = path.resolve(__dirname, '../lib/index.js');
     const script = `
       const express = require('express');

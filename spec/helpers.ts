@@ -102,6 +102,16 @@ export class LineServer extends EventEmitter {
   }
 }
 
+/** A port nobody listens on right now: bind 127.0.0.1:0, read it, close. */
+export async function freePort(): Promise<number> {
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as AddressInfo;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
+}
+
 export async function startLineServer(port = 0, tlsOptions?: tls.TlsOptions): Promise<LineServer> {
   return new LineServer(tlsOptions).listen(port);
 }

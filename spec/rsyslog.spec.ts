@@ -23,7 +23,7 @@ import { after, afterEach, before, describe, it } from 'node:test';
 import express from 'express';
 import tcplog = require('../lib/index.js');
 import { activeClientCount } from '../lib/registry.js';
-import { invariant, listen, request, until, type Listening, type Reply } from './helpers.js';
+import { freePort, invariant, listen, request, until, type Listening, type Reply } from './helpers.js';
 
 type Json = Record<string, any>;
 
@@ -106,16 +106,6 @@ function fileSize(file: string): number {
   } catch {
     return 0;
   }
-}
-
-/** A port nobody listens on right now: bind 127.0.0.1:0, read it, close. */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as AddressInfo;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
 }
 
 /** Every rsyslogd this file started, killed on exit whatever happened to the test run. */
