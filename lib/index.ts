@@ -27,10 +27,11 @@ interface TcpLogMiddleware {
 }
 
 interface TcpLogFactory {
-  /** Logs to the server given by `options` (`host` and `port` required). */
-  (options: Options.TcpLogOptions): TcpLogMiddleware;
-  /** Logs to the first healthy server of `options.servers`, failing over in order. */
-  (options: Options.TcpLogServersOptions): TcpLogMiddleware;
+  /**
+   * Logs to the server given by `options` (`host` and `port`), or to the first healthy one of
+   * `options.servers`. One signature for both, so that a wrong option is named in type errors.
+   */
+  (options: Options.TcpLogOptions | Options.TcpLogServersOptions): TcpLogMiddleware;
   /** Logs to `'tcp://host:port'` or `'tls://host:port'`, with more options beside. */
   (connection: string, options?: Options.TcpLogMoreOptions): TcpLogMiddleware;
   /** The factory itself, for `const { tcplog } = require('express-tcplog')`. */
@@ -158,6 +159,7 @@ declare namespace tcplog {
   export type TcpLogStats = Client.TcpLogStats;
   export type TcpLogRecord = Record.TcpLogRecord;
   export type Middleware = TcpLogMiddleware;
+  export type { TcpLogMiddleware };
   export type Factory = TcpLogFactory;
   export type DeliveryError = TcpLogDeliveryError;
 }
