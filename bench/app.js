@@ -1,0 +1,187 @@
+'use strict';
+/**
+ * The benchmarked app: Express 5, one JSON route, one access logger chosen by BENCH_MODE.
+ * Run as a child of run.js / outage.js / profile.js; it listens on 127.0.0.1 port 0, says
+ * 'ready' with its port, and answers 'snapshot' (CPU, RSS, logger stats) and 'stop' over IPC.
+ *
+ *   none            no logger
+ *   express-tcplog  app.use(tcplog({ host, port }))
+ *   pino-http       pino-http, pino.transport to pino-socket (TCP), as pino-socket's README shows
+ *   morgan          morgan('combined') writing to a net.Socket
+ *   naive           on 'finish', one socket.write(JSON.stringify(record) + '\r\n') per request
+ *   naive-batched   the same record, writes coalesced once per event-loop turn (opt-in mode)
+ */
+const net = require('node:net');
+const express = require('express');
+const { serve } = require('./common.js');
+
+const MODES = ['none', 'express-tcplog', 'pino-http', 'morgan', 'naive', 'naive-batched'];
+const mode = process.env.BENCH_MODE || 'none';
+const sinkPort = Number(process.env.BENCH_SINK_PORT);
+const SINK_HOST = '127.0.0.1';
+if (!MODES.includes(mode)) throw new Error(`BENCH_MODE must be one of ${MODES.join(', ')}; got ${mode}`);
+if (mode !== 'none' && !(sinkPort > 0)) throw new Error('BENCH_SINK_PORT is required');
+
+/** What the logger needs done at the end, and its counters when it has some. */
+const logger = { stats: null, close: async () => {}, ready: Promise.resolve() };
+
+function connectSocket() {
+  const socket = net.connect({ host: SINK_HOST, port: sinkPort });
+  socket.setNoDelay(true);
+  socket.on('error', function onSinkError(err) {
+    console.error(`bench app (${mode}): sink socket: ${err.message}`);
+  });
+  logger.ready = new Promise((resolve) => socket.once('connect', resolve));
+  logger.close = () => new Promise((resolve) => socket.end(resolve));
+  return socket;
+}
+
+/** The hand-rolled record of the naive loggers: roughly Kong's fields, no care for exactness. */
+function naiveRecord(req, res, startedAt, arrivedAt, headersSize) {
+  return {
+    request: {
+      method: req.method,
+      uri: req.originalUrl,
+      request_uri: `${req.protocol}://${req.headers.host}${req.originalUrl}`,
+      size: headersSize,
+      querystring: req.query,
+      headers: req.headers,
+    },
+    response: {
+      status: res.statusCode,
+      size: Number(res.getHeader('content-length')) || 0,
+      headers: res.getHeaders(),
+    },
+    latencies: { request: Math.round(performance.now() - arrivedAt) },
+    started_at: startedAt,
+    client_ip: req.ip,
+  };
+}
+
+function naiveLogger(socket, batched) {
+  const pending = [];
+  let scheduled = false;
+  function flushPending() {
+    scheduled = false;
+    socket.write(pending.join(''));
+    pending.length = 0;
+  }
+  return function naiveAccessLog(req, res, next) {
+    const startedAt = Date.now();
+    const arrivedAt = performance.now();
+    res.on('finish', function onFinish() {
+      const line = JSON.stringify(naiveRecord(req, res, startedAt, arrivedAt, 0)) + '\r\n';
+      if (!batched) {
+        socket.write(line);
+        return;
+      }
+      pending.push(line);
+      if (!scheduled) {
+        scheduled = true;
+        setImmediate(flushPending);
+      }
+    });
+    next();
+  };
+}
+
+function addLogger(app) {
+  switch (mode) {
+    case 'none':
+      return;
+    case 'express-tcplog': {
+      // The drivers pass a snapshot of dist/ (see harness.js); alone, the package's own build.
+      const tcplog = require(process.env.BENCH_TCPLOG_MODULE || 'express-tcplog');
+      const extra = process.env.BENCH_TCPLOG_OPTIONS ? JSON.parse(process.env.BENCH_TCPLOG_OPTIONS) : {};
+      const middleware = tcplog({ host: SINK_HOST, port: sinkPort, ...extra });
+      logger.stats = () => middleware.stats();
+      logger.close = () => middleware.close();
+      app.use(middleware);
+      return;
+    }
+    case 'pino-http': {
+      const pino = require('pino');
+      const pinoHttp = require('pino-http');
+      const transport = pino.transport({
+        target: 'pino-socket',
+        options: { address: SINK_HOST, port: sinkPort, mode: 'tcp', reconnect: true },
+      });
+      logger.ready = new Promise((resolve) => transport.once('ready', resolve));
+      logger.close = () =>
+        new Promise((resolve) => {
+          transport.once('close', resolve);
+          transport.end();
+        });
+      app.use(pinoHttp({ logger: pino(transport) }));
+      return;
+    }
+    case 'morgan': {
+      const morgan = require('morgan');
+      app.use(morgan('combined', { stream: connectSocket() }));
+      return;
+    }
+    case 'naive':
+    case 'naive-batched':
+      app.use(naiveLogger(connectSocket(), mode === 'naive-batched'));
+      return;
+  }
+}
+
+/**
+ * Diagnostics only (BENCH_COUNT_WRITES=1, never in the measured runs): counts write() calls on
+ * sockets to the sink, to see how many records each write carries.
+ */
+const sinkWrites = { calls: 0 };
+if (process.env.BENCH_COUNT_WRITES) {
+  const write = net.Socket.prototype.write;
+  net.Socket.prototype.write = function countingWrite(...args) {
+    if (this.remotePort === sinkPort) sinkWrites.calls++;
+    return write.apply(this, args);
+  };
+}
+
+const app = express();
+addLogger(app);
+app.get('/api/users/:id', function getUser(req, res) {
+  res.json({
+    id: req.params.id,
+    name: 'Ada Lovelace',
+    email: 'ada@example.com',
+    roles: ['admin', 'author'],
+    active: true,
+    createdAt: '2026-11-25T12:00:00.000Z',
+  });
+});
+
+const server = app.listen(0, '127.0.0.1', async function onListening() {
+  await logger.ready;
+  process.send({ type: 'ready', port: server.address().port, pid: process.pid });
+});
+
+function snapshot() {
+  const memory = process.memoryUsage();
+  return {
+    cpu: process.cpuUsage(),
+    // Same clock as V8's profile timestamps: lets profile.js keep only the measured window.
+    monotonicMicros: Number(process.hrtime.bigint() / 1000n),
+    rss: memory.rss,
+    heapUsed: memory.heapUsed,
+    maxRssBytes: process.resourceUsage().maxRSS * 1024,
+    stats: logger.stats ? logger.stats() : null,
+    sinkWrites: sinkWrites.calls,
+  };
+}
+
+serve({
+  snapshot,
+  async stop() {
+    server.closeAllConnections();
+    server.close();
+    // Bounded: a logger that cannot flush must not keep the benchmark waiting.
+    await Promise.race([logger.close(), new Promise((resolve) => setTimeout(resolve, 5000).unref())]);
+    setTimeout(function exitAfterReply() {
+      process.exit(0);
+    }, 20);
+    return {};
+  },
+});
