@@ -15,7 +15,7 @@ const net = require('node:net');
 const express = require('express');
 const { serve } = require('./common.js');
 
-const MODES = ['none', 'express-tcplog', 'pino-http', 'morgan', 'naive', 'naive-batched'];
+const MODES = ['none', 'express-tcplog', 'express-tcplog-baseline', 'pino-http', 'morgan', 'naive', 'naive-batched'];
 const mode = process.env.BENCH_MODE || 'none';
 const sinkPort = Number(process.env.BENCH_SINK_PORT);
 const SINK_HOST = '127.0.0.1';
@@ -89,9 +89,15 @@ function addLogger(app) {
   switch (mode) {
     case 'none':
       return;
-    case 'express-tcplog': {
+    case 'express-tcplog':
+    case 'express-tcplog-baseline': {
       // The drivers pass a snapshot of dist/ (see harness.js); alone, the package's own build.
-      const tcplog = require(process.env.BENCH_TCPLOG_MODULE || 'express-tcplog');
+      // The baseline is another build of the package, for A/B measurements of a change.
+      const tcplog = require(
+        mode === 'express-tcplog-baseline'
+          ? process.env.BENCH_BASELINE_MODULE
+          : process.env.BENCH_TCPLOG_MODULE || 'express-tcplog',
+      );
       const extra = process.env.BENCH_TCPLOG_OPTIONS ? JSON.parse(process.env.BENCH_TCPLOG_OPTIONS) : {};
       const middleware = tcplog({ host: SINK_HOST, port: sinkPort, ...extra });
       logger.stats = () => middleware.stats();

@@ -19,6 +19,9 @@ const FORMATS = {
   morgan: 'text',
   naive: 'json',
   'naive-batched': 'json',
+  // Another build of this package (BENCH_BASELINE_MODULE, e.g. a copy of dist/ from main), to
+  // measure a change side by side with what it replaces.
+  'express-tcplog-baseline': 'json',
 };
 
 /**
@@ -70,6 +73,7 @@ async function startApp(mode, sinkPort, { env = {}, execArgv = [] } = {}) {
     name: `app (${mode})`,
     env: {
       BENCH_TCPLOG_MODULE: tcplogModule || '',
+      BENCH_BASELINE_MODULE: process.env.BENCH_BASELINE_MODULE || '',
       ...env,
       BENCH_MODE: mode,
       BENCH_SINK_PORT: String(sinkPort),

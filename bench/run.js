@@ -11,7 +11,8 @@
  *   BENCH_WARMUP       warm-up requests, not measured           default 2000
  *   BENCH_ROUNDS       rounds                                   default 5
  *   BENCH_CONNECTIONS  autocannon connections                   default 32
- *   BENCH_MODES        comma-separated modes (also: naive-batched)
+ *   BENCH_MODES        comma-separated modes (also: naive-batched, and express-tcplog-baseline
+ *                      with BENCH_BASELINE_MODULE=/path/to/another/dist/index.js)
  *
  * Writes bench/results/latest.json and latest.md. Exits 1 only if express-tcplog delivered
  * fewer records than requests made.

@@ -1,13 +1,16 @@
 /**
  * Request capture: what must be read while the request is live (arrival time, address, socket
- * byte marks), the time the head went out (on-headers) and the finish (on-finished). The record
- * is built and handed to the sink after the response finishes, off the request path.
+ * byte marks), the time the head went out and the finish. The record is built and handed to the
+ * sink after the response finishes, off the request path.
+ *
+ * The hot path allocates one object per request and attaches shared functions only: no closure
+ * per request, no symbol keys on Node's objects (state lives in WeakMaps), so the shapes Node and
+ * Express see stay the same with or without the middleware. It does the job of on-headers and
+ * on-finished with one `writeHead` hook and the response's own 'finish' and 'close' events.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
-import onFinished from 'on-finished';
-import onHeaders from 'on-headers';
 import type { RecordSink } from './client.js';
 import { frame } from './framing.js';
 import { PACKAGE } from './errors.js';
@@ -27,6 +30,7 @@ interface ExpressLikeRequest extends IncomingMessage {
   protocol?: string;
   baseUrl?: string;
   route?: { path?: unknown };
+  app?: { get?: (setting: string) => unknown };
 }
 
 /** One middleware instance as the capture code sees it. */
@@ -45,9 +49,6 @@ export interface Instance {
 export type Next = (err?: unknown) => void;
 export type Handler = (req: IncomingMessage, res: ServerResponse, next: Next) => void;
 
-const kExchange = Symbol('express-tcplog.exchange');
-const kSocket = Symbol('express-tcplog.socket');
-
 /** Per-socket marks, so sizes stay right with keep-alive and pipelining. */
 interface SocketMarks {
   /** Logged exchanges on this socket that have not finished. */
@@ -56,28 +57,35 @@ interface SocketMarks {
   lastEnd: number;
 }
 
-type TrackedSocket = Socket & { [kSocket]?: SocketMarks };
+type WriteHead = ServerResponse['writeHead'];
 
 interface LiveExchange {
   instance: Instance;
   readonly req: ExpressLikeRequest;
-  readonly socket: TrackedSocket;
+  readonly socket: Socket;
   readonly startedAt: number;
   readonly arrivedAt: number;
   headersAt: number | null;
   bodyBytes: number;
-  /** `bytesWritten` at arrival, or undefined when an earlier response on the socket was still open. */
-  readonly writtenAtStart: number | undefined;
+  /** `bytesWritten` at arrival, or -1 when an earlier response on the socket was still open. */
+  readonly writtenAtStart: number;
   readonly remoteAddress: string | undefined;
-  readonly push: Readable['push'];
-  /** When the response finished (or the exchange was aborted) and the bytes it wrote. */
-  end: { readonly at: number; readonly responseBytes: number } | null;
+  /** The `push` and `writeHead` this middleware wrapped, called through. */
+  push: Readable['push'] | null;
+  readonly writeHead: WriteHead;
+  /** When the response finished (or the exchange was aborted), and the bytes it wrote. */
+  endedAt: number;
+  responseBytes: number;
   /** `req.baseUrl` when the innermost instance saw the request. */
   mountedAt: string;
 }
 
-type TrackedRequest = ExpressLikeRequest & { [kExchange]?: LiveExchange };
-type TrackedResponse = ServerResponse & { [kExchange]?: LiveExchange; _header?: unknown };
+type TrackedResponse = ServerResponse & { _header?: unknown };
+
+const byResponse = new WeakMap<ServerResponse, LiveExchange>();
+/** Only requests that can carry a body: their `push` is wrapped to count the bytes. */
+const byRequest = new WeakMap<IncomingMessage, LiveExchange>();
+const marksBySocket = new WeakMap<Socket, SocketMarks>();
 
 export function createHandler(instance: Instance): Handler {
   return function tcplogMiddleware(req: IncomingMessage, res: ServerResponse, next: Next): void {
@@ -90,8 +98,8 @@ export function createHandler(instance: Instance): Handler {
   };
 }
 
-function capture(instance: Instance, req: TrackedRequest, res: TrackedResponse): void {
-  const existing = req[kExchange];
+function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedResponse): void {
+  const existing = byResponse.get(res);
   if (existing) {
     // Nested instances (app-level, then router-level): one record, with the innermost's settings.
     if (!instance.closed) {
@@ -101,11 +109,11 @@ function capture(instance: Instance, req: TrackedRequest, res: TrackedResponse):
     return;
   }
   if (instance.closed) return;
-  const socket = req.socket as TrackedSocket;
-  let marks = socket[kSocket];
+  const socket = req.socket;
+  let marks = marksBySocket.get(socket);
   if (!marks) {
     marks = { open: 0, lastEnd: 0 };
-    socket[kSocket] = marks;
+    marksBySocket.set(socket, marks);
   }
   const exchange: LiveExchange = {
     instance,
@@ -115,24 +123,38 @@ function capture(instance: Instance, req: TrackedRequest, res: TrackedResponse):
     arrivedAt: performance.now(),
     headersAt: null,
     bodyBytes: initialBodyBytes(req),
-    writtenAtStart: marks.open === 0 ? socket.bytesWritten : undefined,
+    writtenAtStart: marks.open === 0 ? socket.bytesWritten : -1,
     // Read now: once the socket is gone the address may be too.
     remoteAddress: socket.remoteAddress,
-    // Called later as exchange.push.call(req, ...): the original, unbound on purpose.
+    push: null,
+    // Called later as exchange.writeHead.apply(res, ...): the original, unbound on purpose.
     // eslint-disable-next-line @typescript-eslint/unbound-method
-    push: req.push,
-    end: null,
+    writeHead: res.writeHead,
+    endedAt: -1,
+    responseBytes: 0,
     mountedAt: req.baseUrl ?? '',
   };
   marks.open++;
-  req[kExchange] = exchange;
-  res[kExchange] = exchange;
-  if (!req.complete) req.push = countingPush;
-  onHeaders(res, markHeaders);
+  byResponse.set(res, exchange);
+  if (!req.complete && mayHaveBody(req)) {
+    // eslint-disable-next-line @typescript-eslint/unbound-method
+    exchange.push = req.push;
+    byRequest.set(req, exchange);
+    req.push = countingPush;
+  }
+  res.writeHead = timedWriteHead as WriteHead;
   // Prepended: Node's own 'finish' listener hands the socket to the next pipelined response,
   // whose bytes must not be counted as this one's.
-  res.prependOnceListener('finish', markFinish);
-  onFinished(res, onResponseFinished);
+  res.prependListener('finish', onFinish);
+  // 'close' follows 'finish', and also comes alone when the client goes away: the record is
+  // built there either way.
+  res.on('close', onClose);
+}
+
+/** A body comes only with Content-Length or Transfer-Encoding (RFC 9112, 6.3). */
+function mayHaveBody(req: IncomingMessage): boolean {
+  const length = req.headers['content-length'];
+  return (length !== undefined && length !== '0') || req.headers['transfer-encoding'] !== undefined;
 }
 
 /**
@@ -146,44 +168,55 @@ function initialBodyBytes(req: IncomingMessage): number {
   return Number.isSafeInteger(declared) && declared >= 0 ? declared : req.readableLength;
 }
 
-function countingPush(this: TrackedRequest, chunk: unknown, encoding?: BufferEncoding): boolean {
-  const exchange = this[kExchange];
+function countingPush(this: IncomingMessage, chunk: unknown, encoding?: BufferEncoding): boolean {
+  const exchange = byRequest.get(this);
   if (exchange && chunk !== null && chunk !== undefined) {
     exchange.bodyBytes += (chunk as { length?: number }).length ?? 0;
   }
   return (exchange?.push ?? Readable.prototype.push).call(this, chunk, encoding);
 }
 
-function markHeaders(this: TrackedResponse): void {
-  const exchange = this[kExchange];
-  if (exchange) exchange.headersAt = performance.now();
+/** Takes the time the head goes out, then lets the original `writeHead` do everything else. */
+function timedWriteHead(this: ServerResponse, ...args: unknown[]): unknown {
+  const exchange = byResponse.get(this);
+  // The hook is set after the exchange is stored, so it is always there; the prototype is a guard.
+  // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to `this` just below
+  const original = exchange?.writeHead ?? (Object.getPrototypeOf(this) as ServerResponse).writeHead;
+  if (exchange && exchange.headersAt === null) exchange.headersAt = performance.now();
+  return Reflect.apply(original, this, args);
 }
 
-function markFinish(this: TrackedResponse): void {
-  const exchange = this[kExchange];
+function onFinish(this: ServerResponse): void {
+  const exchange = byResponse.get(this);
   if (exchange) settle(exchange);
 }
 
-/** Takes the end marks once: at 'finish', or when on-finished reports an aborted exchange. */
+/** Takes the end marks once: at 'finish', or at 'close' when the client went away first. */
 function settle(exchange: LiveExchange): void {
-  if (exchange.end) return;
+  if (exchange.endedAt !== -1) return;
   const { socket } = exchange;
-  const marks = socket[kSocket];
+  const marks = marksBySocket.get(socket);
   const written = socket.bytesWritten;
-  const start = exchange.writtenAtStart ?? marks?.lastEnd ?? 0;
+  const start = exchange.writtenAtStart !== -1 ? exchange.writtenAtStart : (marks?.lastEnd ?? 0);
   if (marks) {
     marks.open--;
     marks.lastEnd = written;
   }
-  exchange.end = { at: performance.now(), responseBytes: written - start };
+  exchange.endedAt = performance.now();
+  exchange.responseBytes = written - start;
 }
 
-function onResponseFinished(_err: Error | null, res: TrackedResponse): void {
-  const exchange = res[kExchange];
+function onClose(this: TrackedResponse): void {
+  buildAndSend(this);
+}
+
+/** Builds the record of a finished (or abandoned) response and hands it to the sink. */
+function buildAndSend(res: TrackedResponse): void {
+  const exchange = byResponse.get(res);
   if (!exchange) return;
   settle(exchange);
-  const { instance, end, req } = exchange;
-  if (instance.closed || !end) return;
+  const { instance, req } = exchange;
+  if (instance.closed) return;
   try {
     const { hooks } = instance;
     if (hooks.skip !== null) {
@@ -191,10 +224,10 @@ function onResponseFinished(_err: Error | null, res: TrackedResponse): void {
       if (callHook(instance, 'skip', () => skip(req, res)) === true) return;
     }
     const extras = hooks.consumer !== null || hooks.customFields.length > 0 ? runHooks(instance, req, res) : undefined;
-    const json = serializeRecord(describe(exchange, res, end.at, end.responseBytes), instance.record, extras);
+    const json = serializeRecord(describe(exchange, res), instance.record, extras);
     instance.sink.push(frame(json, instance.record.delimiter));
   } catch (err) {
-    // on-finished calls back from the event loop: a throw here would crash the app.
+    // An event listener: a throw here would crash the app.
     instance.reportInternal(err);
   }
 }
@@ -253,12 +286,7 @@ function runHooks(instance: Instance, req: ExpressLikeRequest, res: ServerRespon
   return { consumer, custom };
 }
 
-function describe(
-  exchange: LiveExchange,
-  res: TrackedResponse,
-  finishedAt: number,
-  responseBytes: number,
-): CapturedExchange {
+function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchange {
   const { req, socket } = exchange;
   // res.statusCode is 200 by default even when nothing was sent: only a sent head has a status.
   let response: CapturedResponse | null = null;
@@ -273,15 +301,17 @@ function describe(
     httpVersion: req.httpVersion,
     rawHeaders: req.rawHeaders,
     requestBodyBytes: exchange.bodyBytes,
-    scheme: expressValue(req, 'protocol') ?? ((socket as { encrypted?: boolean }).encrypted ? 'https' : 'http'),
+    scheme:
+      (trustsProxy(req) ? expressValue(req, 'protocol') : undefined) ??
+      ((socket as { encrypted?: boolean }).encrypted ? 'https' : 'http'),
     host: req.headers.host ?? `${socket.localAddress ?? 'localhost'}:${socket.localPort ?? ''}`,
     startedAt: exchange.startedAt,
     arrivedAt: exchange.arrivedAt,
     headersAt: exchange.headersAt,
-    finishedAt,
+    finishedAt: exchange.endedAt,
     response,
-    responseBytes,
-    clientIp: expressValue(req, 'ip') ?? exchange.remoteAddress,
+    responseBytes: exchange.responseBytes,
+    clientIp: (trustsProxy(req) ? expressValue(req, 'ip') : undefined) ?? exchange.remoteAddress,
     route: route && route.path !== undefined ? { path: routePath(route.path), baseUrl: baseUrl(req, exchange) } : null,
     requestId: requestId(req),
   };
@@ -306,6 +336,18 @@ function requestId(req: IncomingMessage): string | undefined {
 function routePath(path: unknown): string {
   if (Array.isArray(path)) return path.map(routePath).join(',');
   return path instanceof RegExp ? path.toString() : typeof path === 'string' ? path : (JSON.stringify(path) ?? '');
+}
+
+/**
+ * Whether Express's `trust proxy` is on. Off (the default), `req.ip` and `req.protocol` are the
+ * socket's address and TLS state, read directly for less work per request.
+ */
+function trustsProxy(req: ExpressLikeRequest): boolean {
+  try {
+    return Boolean(req.app?.get?.('trust proxy'));
+  } catch {
+    return false;
+  }
 }
 
 /** Reads an Express getter (`req.ip`, `req.protocol`), which honours `trust proxy`. */
