@@ -106,7 +106,7 @@ export class TcpLogClient implements RecordSink {
   }
 
   push(line: string): void {
-    this.#queue.push(line, Buffer.byteLength(line));
+    this.#queue.push(line);
     if (this.#closed) {
       // A record finishing after the last instance closed: accounted for, not sent.
       this.#queue.dropWaiting();
@@ -364,7 +364,7 @@ export class TcpLogClient implements RecordSink {
       const batch = this.#queue.take(BATCH_BYTES);
       if (!batch) break;
       connection.inFlight.push(batch);
-      socket.write(batch.text, (err) => this.#onWritten(connection, batch, err));
+      socket.write(batch.data, (err) => this.#onWritten(connection, batch, err));
     }
     if (socket.writableNeedDrain && !connection.stallTimer) {
       const { timeout } = this.settings;

@@ -5,14 +5,49 @@
  * callback), sent, or dropped. Every path that moves one updates the counters, so
  * `records === sent + dropped + buffered` holds at every moment (pino-socket's queue forgot to
  * lower its byte count on dequeue, and a drained queue then hung).
+ *
+ * Waiting records are copied, as UTF-8, into one ring buffer outside the JavaScript heap, which
+ * grows up to `maxBytes` and is then reused. While a collector is down and the oldest records are
+ * being dropped, they would otherwise pile up as garbage in V8's old generation, and the process
+ * would grow far past the bound before a full collection (seen: +111 MiB for a 16 MiB bound).
  */
 
-/** Records taken for one `write()`. */
-export interface Batch {
-  readonly lines: readonly string[];
+/** Records taken for one `write()`: their bytes, copied out of the ring. */
+export class Batch {
+  /** The records' bytes, one after the other. */
+  readonly data: Buffer;
+  /** Bytes each record counts for (what `push()` was told). */
   readonly sizes: readonly number[];
-  readonly text: string;
+  /** Bytes each record takes in `data`. */
+  readonly lengths: readonly number[];
+  /** Sum of `sizes`: what the batch counts for in the bound. */
   readonly bytes: number;
+
+  constructor(data: Buffer, sizes: number[], lengths: number[], bytes: number) {
+    this.data = data;
+    this.sizes = sizes;
+    this.lengths = lengths;
+    this.bytes = bytes;
+  }
+
+  get count(): number {
+    return this.sizes.length;
+  }
+
+  /** The records as text (for tests and messages; the client writes `data`). */
+  get lines(): string[] {
+    const lines: string[] = [];
+    let offset = 0;
+    for (const length of this.lengths) {
+      lines.push(this.data.toString('utf8', offset, offset + length));
+      offset += length;
+    }
+    return lines;
+  }
+
+  get text(): string {
+    return this.data.toString('utf8');
+  }
 }
 
 export interface QueueCounts {
@@ -28,12 +63,22 @@ export interface QueueCounts {
   readonly bufferedBytes: number;
 }
 
+/** The ring starts small and doubles up to `maxBytes`: an idle app does not pay for the bound. */
+const INITIAL_RING_BYTES = 64 * 1024;
+
 export class RecordQueue {
   readonly maxBytes: number;
-  #lines: string[] = [];
+  #ring: Buffer | null = null;
+  /** Where the next record goes in the ring. */
+  #tail = 0;
+  /** Waiting records, oldest first from #head: offset in the ring, bytes there, bytes counted. */
+  #starts: number[] = [];
+  #lengths: number[] = [];
   #sizes: number[] = [];
   #head = 0;
   #waitingBytes = 0;
+  /** Bytes the waiting records take in the ring (equal to #waitingBytes but in specs). */
+  #waitingLength = 0;
   #inFlightRecords = 0;
   #inFlightBytes = 0;
   #records = 0;
@@ -46,7 +91,7 @@ export class RecordQueue {
 
   /** Records waiting to be taken (not in flight). */
   get waiting(): number {
-    return this.#lines.length - this.#head;
+    return this.#sizes.length - this.#head;
   }
 
   get inFlight(): number {
@@ -69,11 +114,14 @@ export class RecordQueue {
   }
 
   /**
-   * Adds one framed record of `bytes` bytes. Makes room by dropping the oldest waiting records;
-   * drops the new one itself if it can never fit. Returns how many records were dropped.
+   * Adds one framed record, counted for its UTF-8 length (or for `counted` bytes, which the specs
+   * use to reason in round numbers). Makes room by dropping the oldest waiting records; drops the
+   * new one itself if it can never fit. Returns how many records were dropped.
    */
-  push(line: string, bytes: number): number {
+  push(line: string, counted?: number): number {
     this.#records++;
+    const length = Buffer.byteLength(line);
+    const bytes = counted ?? length;
     if (bytes > this.maxBytes) {
       this.#dropped++;
       return 1;
@@ -84,96 +132,185 @@ export class RecordQueue {
       this.#dropped++;
       return dropped + 1;
     }
-    this.#lines.push(line);
+    const at = this.#place(length);
+    (this.#ring as Buffer).write(line, at, length, 'utf8');
+    this.#starts.push(at);
+    this.#lengths.push(length);
     this.#sizes.push(bytes);
+    this.#tail = at + length;
     this.#waitingBytes += bytes;
+    this.#waitingLength += length;
     return dropped;
   }
 
   /** Takes the oldest waiting records, up to `maxBytes` (at least one), for one write. */
   take(maxBytes: number): Batch | null {
     const start = this.#head;
-    const end = this.#lines.length;
+    const end = this.#sizes.length;
     if (start === end) return null;
     let stop = start;
     let bytes = 0;
+    let length = 0;
     while (stop < end) {
-      const size = this.#sizes[stop] ?? 0;
+      const size = this.#sizes[stop] as number;
       if (stop > start && bytes + size > maxBytes) break;
       bytes += size;
+      length += this.#lengths[stop] as number;
       stop++;
     }
-    const lines = this.#lines.slice(start, stop);
-    const sizes = this.#sizes.slice(start, stop);
+    const ring = this.#ring as Buffer;
+    const data = Buffer.allocUnsafe(length);
+    let offset = 0;
+    for (let i = start; i < stop; i++) {
+      const from = this.#starts[i] as number;
+      offset += ring.copy(data, offset, from, from + (this.#lengths[i] as number));
+    }
+    const batch = new Batch(data, this.#sizes.slice(start, stop), this.#lengths.slice(start, stop), bytes);
     this.#head = stop;
     this.#compact();
     this.#waitingBytes -= bytes;
-    this.#inFlightRecords += lines.length;
+    this.#waitingLength -= length;
+    this.#inFlightRecords += batch.count;
     this.#inFlightBytes += bytes;
-    return { lines, sizes, text: lines.length === 1 ? (lines[0] ?? '') : lines.join(''), bytes };
+    return batch;
   }
 
   /** The socket confirmed the batch. */
   sent(batch: Batch): void {
     this.#leaveFlight(batch);
-    this.#sent += batch.lines.length;
+    this.#sent += batch.count;
   }
 
   /**
    * The connection failed before the batch was confirmed: it goes back to the front, in order,
    * to be sent on the next connection. In-flight bytes already count toward the bound, so this
-   * never exceeds it.
+   * never exceeds it. Rare (a failed connection), so the ring is simply laid out anew.
    */
   requeue(batch: Batch): void {
     this.#leaveFlight(batch);
-    this.#lines = (batch.lines as string[]).concat(this.#lines.slice(this.#head));
-    this.#sizes = (batch.sizes as number[]).concat(this.#sizes.slice(this.#head));
+    const old = this.#ring;
+    const starts = this.#starts.slice(this.#head);
+    const lengths = this.#lengths.slice(this.#head);
+    const sizes = this.#sizes.slice(this.#head);
+    const total = batch.data.length + lengths.reduce((sum, n) => sum + n, 0);
+    const ring = Buffer.allocUnsafe(
+      Math.max(Math.min(Math.max(old?.length ?? 0, INITIAL_RING_BYTES), this.maxBytes), total),
+    );
+    batch.data.copy(ring, 0);
+    let offset = batch.data.length;
+    const newStarts: number[] = [];
+    for (let i = 0, at = 0; i < batch.lengths.length; i++) {
+      newStarts.push(at);
+      at += batch.lengths[i] as number;
+    }
+    for (let i = 0; i < starts.length; i++) {
+      const from = starts[i] as number;
+      newStarts.push(offset);
+      offset += (old as Buffer).copy(ring, offset, from, from + (lengths[i] as number));
+    }
+    this.#ring = ring;
+    this.#tail = offset;
+    this.#starts = newStarts;
+    this.#lengths = [...batch.lengths, ...lengths];
+    this.#sizes = [...batch.sizes, ...sizes];
     this.#head = 0;
     this.#waitingBytes += batch.bytes;
+    this.#waitingLength = offset;
   }
 
   /** Gives up every waiting record (close timed out). Returns how many. */
   dropWaiting(): number {
     const count = this.waiting;
     this.#dropped += count;
-    this.#lines = [];
+    this.#starts = [];
+    this.#lengths = [];
     this.#sizes = [];
     this.#head = 0;
+    this.#tail = 0;
     this.#waitingBytes = 0;
+    this.#waitingLength = 0;
     return count;
   }
 
   /** Gives up a batch still in flight on a connection that is being abandoned. */
   dropInFlight(batch: Batch): void {
     this.#leaveFlight(batch);
-    this.#dropped += batch.lines.length;
+    this.#dropped += batch.count;
   }
 
   #leaveFlight(batch: Batch): void {
-    this.#inFlightRecords -= batch.lines.length;
+    this.#inFlightRecords -= batch.count;
     this.#inFlightBytes -= batch.bytes;
   }
 
   #makeRoom(bytes: number): number {
     let dropped = 0;
-    while (this.#head < this.#lines.length && this.#waitingBytes + this.#inFlightBytes + bytes > this.maxBytes) {
-      this.#waitingBytes -= this.#sizes[this.#head] ?? 0;
-      this.#head++;
-      dropped++;
+    while (this.waiting > 0 && this.#waitingBytes + this.#inFlightBytes + bytes > this.maxBytes) {
+      dropped += this.#dropOldest();
     }
-    this.#dropped += dropped;
-    if (dropped > 0) this.#compact();
     return dropped;
   }
 
-  /** Reclaims the consumed front of the arrays once it is large, keeping take() O(batch). */
+  #dropOldest(): number {
+    this.#waitingBytes -= this.#sizes[this.#head] as number;
+    this.#waitingLength -= this.#lengths[this.#head] as number;
+    this.#head++;
+    this.#dropped++;
+    this.#compact();
+    return 1;
+  }
+
+  /** Where `length` bytes go, in one piece: after the newest record, or wrapped to the start. */
+  #place(length: number): number {
+    if (this.waiting === 0) this.#tail = 0;
+    for (;;) {
+      const ring = this.#ring;
+      if (ring !== null) {
+        const oldest = this.waiting === 0 ? -1 : (this.#starts[this.#head] as number);
+        if (oldest === -1 || this.#tail > oldest) {
+          // Used space is [oldest, tail): free is after tail, then before oldest.
+          if (this.#tail + length <= ring.length) return this.#tail;
+          if (length <= (oldest === -1 ? ring.length : oldest)) return 0;
+        } else if (this.#tail + length <= oldest) {
+          // Wrapped: used space is [oldest, end) and [0, tail); free is [tail, oldest).
+          return this.#tail;
+        }
+      }
+      this.#relayout(length);
+    }
+  }
+
+  /**
+   * Lays the waiting records out from offset 0 in a new ring: twice as large while below the
+   * bound, the same size when the free space was only split around the end (once per trip round
+   * the ring at most). The bound was enforced before, so `length` then fits.
+   */
+  #relayout(length: number): void {
+    const old = this.#ring;
+    const needed = this.#waitingLength + length;
+    const doubled = old === null ? INITIAL_RING_BYTES : old.length * 2;
+    const size = Math.max(Math.min(doubled, Math.max(this.maxBytes, old?.length ?? 0)), needed);
+    const ring = Buffer.allocUnsafe(size);
+    let offset = 0;
+    for (let i = this.#head; i < this.#sizes.length; i++) {
+      const from = this.#starts[i] as number;
+      this.#starts[i] = offset;
+      offset += (old as Buffer).copy(ring, offset, from, from + (this.#lengths[i] as number));
+    }
+    this.#ring = ring;
+    this.#tail = offset;
+  }
+
+  /** Reclaims the consumed front of the index arrays once it is large, keeping take() O(batch). */
   #compact(): void {
-    if (this.#head === this.#lines.length) {
-      this.#lines = [];
+    if (this.#head === this.#sizes.length) {
+      this.#starts = [];
+      this.#lengths = [];
       this.#sizes = [];
       this.#head = 0;
-    } else if (this.#head > 1024 && this.#head * 2 > this.#lines.length) {
-      this.#lines = this.#lines.slice(this.#head);
+    } else if (this.#head > 1024 && this.#head * 2 > this.#sizes.length) {
+      this.#starts = this.#starts.slice(this.#head);
+      this.#lengths = this.#lengths.slice(this.#head);
       this.#sizes = this.#sizes.slice(this.#head);
       this.#head = 0;
     }

@@ -520,3 +520,58 @@ describe('RecordQueue', () => {
     }
   });
 });
+
+describe('RecordQueue ring buffer: records counted at their real UTF-8 size', () => {
+  for (const seed of [7, 99, 2026]) {
+    it(`seed ${seed}: wraps, grows, relays out, drops the oldest and requeues, bytes intact and in order`, () => {
+      const random = prng(seed);
+      const queue = new RecordQueue(4096);
+      /** What should be waiting, oldest first, and what is in flight, per batch. */
+      let waiting: string[] = [];
+      const flying = new Map<Batch, string[]>();
+      let serial = 0;
+      for (let step = 0; step < 6000; step++) {
+        const roll = random();
+        if (roll < 0.6) {
+          // Multi-byte text too: the ring stores UTF-8, sizes are bytes.
+          const line = `#${serial++}:${'é€x'.repeat(Math.floor(random() * 60))}\r\n`;
+          const before = queue.counts().dropped;
+          queue.push(line);
+          const dropped = queue.counts().dropped - before;
+          // Either the oldest made room and the new one was kept, or (in-flight bytes leaving no
+          // room) the new one was dropped too, after every waiting one.
+          const inFlightBytes = [...flying.values()].flat().reduce((n, l) => n + Buffer.byteLength(l), 0);
+          const kept = inFlightBytes + Buffer.byteLength(line) <= 4096;
+          waiting = kept ? [...waiting.slice(dropped), line] : waiting.slice(dropped - 1);
+        } else if (roll < 0.85) {
+          const batch = queue.take(Math.floor(random() * 2000) + 1);
+          if (batch) {
+            const expected = waiting.slice(0, batch.count);
+            waiting = waiting.slice(batch.count);
+            assert.deepEqual(batch.lines, expected, `step ${step}: a batch holds the oldest records, intact`);
+            assert.equal(batch.data.length, Buffer.byteLength(expected.join('')));
+            flying.set(batch, expected);
+          }
+        } else if (flying.size > 0) {
+          const [batch, lines] = [...flying.entries()][0]!;
+          flying.delete(batch);
+          if (random() < 0.5) queue.sent(batch);
+          else {
+            // Only the newest batch in flight can go back ahead of the waiting ones in order.
+            for (const [other, otherLines] of [...flying.entries()].reverse()) {
+              flying.delete(other);
+              queue.requeue(other);
+              waiting = [...otherLines, ...waiting];
+            }
+            queue.requeue(batch);
+            waiting = [...lines, ...waiting];
+          }
+        }
+        checkInvariant(queue);
+        assert.equal(queue.waiting, waiting.length, `step ${step}: waiting count`);
+      }
+      const rest = queue.take(Infinity);
+      assert.deepEqual(rest?.lines ?? [], waiting);
+    });
+  }
+});
