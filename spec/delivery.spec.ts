@@ -6,13 +6,15 @@ import assert from 'node:assert/strict';
 import { once } from 'node:events';
 import { spawn } from 'node:child_process';
 import net from 'node:net';
+import tls from 'node:tls';
 import { afterEach, describe, it } from 'node:test';
 import express from 'express';
 import tcplog = require('../lib/index.js');
 import { activeClientCount } from '../lib/registry.js';
 import { TcpLogClient } from '../lib/client.js';
 import { parseOptions } from '../lib/options.js';
-import { freePort, invariant, listen, request, startLineServer, until, waitFor, type Listening } from './helpers.js';
+import { freePort, invariant, listen, request, until, waitFor, type Listening } from './helpers.js';
+import { pem, transports } from './transports.js';
 
 type Json = Record<string, any>;
 
@@ -59,323 +61,334 @@ async function appWith(mw: tcplog.Middleware): Promise<Listening> {
   return track(await listen(app));
 }
 
-describe('delivery', () => {
-  it("Kong's test server: one line per connection, restarted three times on the same port", async () => {
-    // Kong's spec server accepts one connection, reads one line, then closes it and the listener.
-    const port = await freePort();
-    const mw = logger({ host: '127.0.0.1', port });
-    const http = await appWith(mw);
-    const received: Json[] = [];
-    for (let round = 1; round <= 3; round++) {
-      const server = net.createServer();
-      const got = new Promise<Json>((resolve) => {
-        server.once('connection', (socket) => {
-          let text = '';
-          socket.on('data', (chunk: Buffer) => {
-            text += chunk.toString();
-            const end = text.indexOf('\r\n');
-            if (end === -1) return;
-            socket.destroy();
-            server.close();
-            resolve(JSON.parse(text.slice(0, end)) as Json);
+for (const transport of transports) {
+  describe(`delivery over ${transport.name}`, () => {
+    it("Kong's test server: one line per connection, restarted three times on the same port", async () => {
+      // Kong's spec server accepts one connection, reads one line, then closes it and the listener.
+      const port = await freePort();
+      const mw = logger(transport.destination(port));
+      const http = await appWith(mw);
+      const received: Json[] = [];
+      for (let round = 1; round <= 3; round++) {
+        const server =
+          transport.name === 'tls'
+            ? tls.createServer({ key: pem('server-key.pem'), cert: pem('server-cert.pem') })
+            : net.createServer();
+        const got = new Promise<Json>((resolve) => {
+          server.once(transport.name === 'tls' ? 'secureConnection' : 'connection', (socket: net.Socket) => {
+            let text = '';
+            socket.on('data', (chunk: Buffer) => {
+              text += chunk.toString();
+              const end = text.indexOf('\r\n');
+              if (end === -1) return;
+              socket.destroy();
+              server.close();
+              resolve(JSON.parse(text.slice(0, end)) as Json);
+            });
           });
         });
-      });
-      const closed = once(server, 'close');
-      server.listen(port, '127.0.0.1');
-      await once(server, 'listening');
-      await request(http.port, `/n/${round}`);
-      received.push(await got);
-      await closed;
-    }
-    assert.deepEqual(
-      received.map((r) => r['request'].uri),
-      ['/n/1', '/n/2', '/n/3'],
-    );
-    await until(() => mw.stats().buffered === 0);
-    assert.equal(mw.stats().sent, 3);
-    assert.equal(mw.stats().dropped, 0);
-    assert.ok(mw.stats().connects >= 3, 'a new connection after each close');
-  });
+        const closed = once(server, 'close');
+        server.listen(port, '127.0.0.1');
+        await once(server, 'listening');
+        await request(http.port, `/n/${round}`);
+        received.push(await got);
+        await closed;
+      }
+      assert.deepEqual(
+        received.map((r) => r['request'].uri),
+        ['/n/1', '/n/2', '/n/3'],
+      );
+      await until(() => mw.stats().buffered === 0);
+      assert.equal(mw.stats().sent, 3);
+      assert.equal(mw.stats().dropped, 0);
+      assert.ok(mw.stats().connects >= 3, 'a new connection after each close');
+    });
 
-  it('300 requests from 10 parallel clients: 300 records, each ending in \\r\\n, over one connection', async () => {
-    const receiver = track(await startLineServer());
-    const mw = logger({ host: '127.0.0.1', port: receiver.port });
-    const http = await appWith(mw);
-    let next = 0;
-    async function client(): Promise<void> {
-      while (next < 300) {
-        const n = next++;
-        const reply = await request(http.port, `/n/${n}`);
+    it('300 requests from 10 parallel clients: 300 records, each ending in \\r\\n, over one connection', async () => {
+      const receiver = track(await transport.startReceiver());
+      const mw = logger(transport.destination(receiver.port));
+      const http = await appWith(mw);
+      let next = 0;
+      async function client(): Promise<void> {
+        while (next < 300) {
+          const n = next++;
+          const reply = await request(http.port, `/n/${n}`);
+          assert.equal(reply.status, 200);
+        }
+      }
+      await Promise.all(Array.from({ length: 10 }, client));
+      await receiver.waitForLines(300);
+      assert.equal(receiver.lines.length, 300);
+      assert.ok(receiver.lines.every((line) => line.endsWith('\r')));
+      const joined = Buffer.concat(receiver.received).toString();
+      assert.ok(joined.endsWith('\r\n'));
+      assert.equal(joined.split('\r\n').length, 301);
+      const ns = receiver.records().map((r) => Number(String(r['request'].uri).slice(3)));
+      assert.deepEqual(
+        [...ns].sort((a, b) => a - b),
+        Array.from({ length: 300 }, (_, i) => i),
+      );
+      assert.equal(receiver.connections, 1);
+      assert.equal(mw.stats().connects, 1);
+      await until(() => mw.stats().sent === 300);
+    });
+
+    it('writes are coalesced: a burst of records goes out in a few writes, in order', async () => {
+      const receiver = track(await transport.startReceiver());
+      const settings = parseOptions(transport.destination(receiver.port));
+      const client = new TcpLogClient(settings.destination);
+      track({ close: () => Promise.resolve(void client.shutdown()) });
+      const writes: number[] = [];
+      receiver.on('connection', (socket: net.Socket) =>
+        socket.on('data', (chunk: Buffer) => writes.push(chunk.length)),
+      );
+      for (let i = 0; i < 2000; i++) client.push(`{"i":${i}}\r\n`);
+      await receiver.waitForLines(2000);
+      assert.deepEqual(
+        receiver.lines.map((line) => (JSON.parse(line) as { i: number }).i),
+        Array.from({ length: 2000 }, (_, i) => i),
+      );
+      assert.ok(writes.length < 20, `2000 records arrived in ${writes.length} reads`);
+      assert.deepEqual(client.stats(), {
+        records: 2000,
+        sent: 2000,
+        dropped: 0,
+        buffered: 0,
+        bufferedBytes: 0,
+        connects: 1,
+        errors: 0,
+        connected: true,
+      });
+    });
+
+    it('keepalive: 200 closes an idle connection; the next record reconnects', async () => {
+      const receiver = track(await transport.startReceiver());
+      const mw = logger({ ...transport.destination(receiver.port), keepalive: 200 });
+      const http = await appWith(mw);
+      await request(http.port, '/n/1');
+      await receiver.waitForLines(1);
+      await waitFor(receiver, 'socket-close', () => receiver.sockets.size === 0);
+      await until(() => !mw.stats().connected);
+      await request(http.port, '/n/2');
+      await receiver.waitForLines(2);
+      assert.equal(receiver.connections, 2);
+      assert.equal(mw.stats().connects, 2);
+      assert.equal(mw.stats().errors, 0, 'an idle close is not an error');
+    });
+
+    it('keepalive: 0 keeps the connection open', async () => {
+      const receiver = track(await transport.startReceiver());
+      const mw = logger({ ...transport.destination(receiver.port), keepalive: 0 });
+      const http = await appWith(mw);
+      await request(http.port, '/n/1');
+      await receiver.waitForLines(1);
+      // A record with keepalive 200 would have closed by now; a second request must reuse the socket.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await request(http.port, '/n/2');
+      await receiver.waitForLines(2);
+      assert.equal(receiver.connections, 1);
+    });
+
+    it('server down: requests are unaffected, records arrive once a server listens on the port', async () => {
+      const port = await freePort();
+      const errors: Error[] = [];
+      const mw = logger({ ...transport.destination(port), onError: (err) => errors.push(err) });
+      const http = await appWith(mw);
+      for (let i = 0; i < 5; i++) {
+        const reply = await request(http.port, `/n/${i}`);
         assert.equal(reply.status, 200);
       }
-    }
-    await Promise.all(Array.from({ length: 10 }, client));
-    await receiver.waitForLines(300);
-    assert.equal(receiver.lines.length, 300);
-    assert.ok(receiver.lines.every((line) => line.endsWith('\r')));
-    const joined = Buffer.concat(receiver.received).toString();
-    assert.ok(joined.endsWith('\r\n'));
-    assert.equal(joined.split('\r\n').length, 301);
-    const ns = receiver.records().map((r) => Number(String(r['request'].uri).slice(3)));
-    assert.deepEqual(
-      [...ns].sort((a, b) => a - b),
-      Array.from({ length: 300 }, (_, i) => i),
-    );
-    assert.equal(receiver.connections, 1);
-    assert.equal(mw.stats().connects, 1);
-    await until(() => mw.stats().sent === 300);
-  });
+      await until(() => errors.length > 0);
+      assert.equal((errors[0] as { code?: string }).code, 'ECONNREFUSED');
+      assert.equal(mw.stats().buffered, 5);
+      const receiver = track(await transport.startReceiver(port));
+      await receiver.waitForLines(5);
+      assert.deepEqual(
+        receiver.records().map((r) => r['request'].uri),
+        ['/n/0', '/n/1', '/n/2', '/n/3', '/n/4'],
+      );
+      await until(() => mw.stats().sent === 5);
+      assert.ok(mw.stats().errors >= 1);
+    });
 
-  it('writes are coalesced: a burst of records goes out in a few writes, in order', async () => {
-    const receiver = track(await startLineServer());
-    const settings = parseOptions({ host: '127.0.0.1', port: receiver.port });
-    const client = new TcpLogClient(settings.destination);
-    track({ close: () => Promise.resolve(void client.shutdown()) });
-    const writes: number[] = [];
-    receiver.on('connection', (socket: net.Socket) => socket.on('data', (chunk: Buffer) => writes.push(chunk.length)));
-    for (let i = 0; i < 2000; i++) client.push(`{"i":${i}}\r\n`);
-    await receiver.waitForLines(2000);
-    assert.deepEqual(
-      receiver.lines.map((line) => (JSON.parse(line) as { i: number }).i),
-      Array.from({ length: 2000 }, (_, i) => i),
-    );
-    assert.ok(writes.length < 20, `2000 records arrived in ${writes.length} reads`);
-    assert.deepEqual(client.stats(), {
-      records: 2000,
-      sent: 2000,
-      dropped: 0,
-      buffered: 0,
-      bufferedBytes: 0,
-      connects: 1,
-      errors: 0,
-      connected: true,
+    it('a server that closes the connection is noticed; later records go on a new one, none lost', async () => {
+      const receiver = track(await transport.startReceiver());
+      const mw = logger(transport.destination(receiver.port));
+      const http = await appWith(mw);
+      for (let round = 0; round < 5; round++) {
+        await request(http.port, `/n/${round}`);
+        await receiver.waitForLines(round + 1);
+        for (const socket of receiver.sockets) socket.end();
+        await waitFor(receiver, 'socket-close', () => receiver.sockets.size === 0);
+      }
+      assert.equal(receiver.lines.length, 5);
+      assert.equal(receiver.connections, 5);
+      await until(() => mw.stats().sent === 5);
+    });
+
+    it('per-router instances to two servers: each gets only its own records; nested instances log once', async () => {
+      const appReceiver = track(await transport.startReceiver());
+      const usersReceiver = track(await transport.startReceiver());
+      const appLog = logger({ ...transport.destination(appReceiver.port), api: { name: 'app' } });
+      const usersLog = logger({ ...transport.destination(usersReceiver.port), api: { name: 'users' } });
+      const app = express();
+      app.use(appLog);
+      const users = express.Router();
+      users.use(usersLog);
+      users.get('/:id', (req, res) => {
+        res.json({ id: req.params['id'] });
+      });
+      app.use('/users', users);
+      app.get('/home', (_req, res) => {
+        res.send('home');
+      });
+      const http = track(await listen(app));
+      await request(http.port, '/home');
+      await request(http.port, '/users/1');
+      await request(http.port, '/users/2');
+      await request(http.port, '/home?again');
+      await appReceiver.waitForLines(2);
+      await usersReceiver.waitForLines(2);
+      assert.deepEqual(
+        appReceiver.records().map((r) => [r['request'].uri, r['api'].name]),
+        [
+          ['/home', 'app'],
+          ['/home?again', 'app'],
+        ],
+      );
+      assert.deepEqual(
+        usersReceiver.records().map((r) => [r['request'].uri, r['api'].name, r['route'].base_url]),
+        [
+          ['/users/1', 'users', '/users'],
+          ['/users/2', 'users', '/users'],
+        ],
+      );
+      await until(() => appLog.stats().sent === 2 && usersLog.stats().sent === 2);
+      assert.equal(appLog.stats().records, 2, 'the outer instance did not log the nested requests');
+    });
+
+    it('instances pointing at one destination share one connection and one set of counters', async () => {
+      const receiver = track(await transport.startReceiver());
+      const a = logger({ ...transport.destination(receiver.port), api: { name: 'a' } });
+      const { tls: tlsOptions } = transport.destination(receiver.port);
+      const b = logger(`${transport.name}://127.0.0.1:${receiver.port}`, {
+        api: { name: 'b' },
+        ...(tlsOptions ? { tls: tlsOptions } : {}),
+      });
+      const app = express();
+      app.use('/a', a);
+      app.use('/b', b);
+      app.get(['/a', '/b'], (_req, res) => {
+        res.send('x');
+      });
+      const http = track(await listen(app));
+      await request(http.port, '/a');
+      await request(http.port, '/b');
+      await receiver.waitForLines(2);
+      assert.equal(receiver.connections, 1);
+      assert.deepEqual(
+        receiver.records().map((r) => r['api'].name),
+        ['a', 'b'],
+      );
+      await until(() => a.stats().sent === 2);
+      assert.deepEqual(a.stats(), b.stats());
+      assert.equal(activeClientCount(), 1);
+    });
+
+    it('delimiter "\\n" frames records with LF only', async () => {
+      const receiver = track(await transport.startReceiver());
+      const mw = logger({ ...transport.destination(receiver.port), delimiter: '\n' });
+      const http = await appWith(mw);
+      await request(http.port, '/');
+      await request(http.port, '/n/2');
+      await receiver.waitForLines(2);
+      assert.ok(receiver.lines.every((line) => !line.endsWith('\r')));
+      assert.equal(receiver.records().length, 2);
+    });
+
+    it('close() delivers everything buffered before it resolves, even when the server comes up late', async () => {
+      const port = await freePort();
+      const mw = logger({ ...transport.destination(port), timeout: 5000, onError: () => undefined });
+      const http = await appWith(mw);
+      for (let i = 0; i < 20; i++) await request(http.port, `/n/${i}`);
+      assert.equal(mw.stats().buffered, 20);
+      const closing = mw.close();
+      const receiver = track(await transport.startReceiver(port));
+      await closing;
+      assert.equal(mw.stats().sent, 20, 'all confirmed before close() resolved');
+      assert.equal(mw.stats().buffered, 0);
+      await receiver.waitForLines(20);
+      // After close() the instance no longer logs, and the app still answers.
+      assert.equal((await request(http.port, '/')).status, 200);
+      assert.equal(mw.stats().records, 20);
+      assert.equal(await mw.close(), undefined, 'close() is idempotent');
+    });
+
+    it('close() with the server down resolves within timeout and counts the drops', async () => {
+      const port = await freePort();
+      const errors: Error[] = [];
+      const mw = logger({ ...transport.destination(port), timeout: 300, onError: (err) => errors.push(err) });
+      const http = await appWith(mw);
+      for (let i = 0; i < 3; i++) await request(http.port, `/n/${i}`);
+      await mw.close();
+      assert.deepEqual(
+        {
+          records: mw.stats().records,
+          sent: mw.stats().sent,
+          dropped: mw.stats().dropped,
+          buffered: mw.stats().buffered,
+        },
+        { records: 3, sent: 0, dropped: 3, buffered: 0 },
+      );
+      assert.ok(errors.some((err) => (err as { code?: string }).code === 'EDROPPED'));
+    });
+
+    it('maxBufferBytes bounds what waits: the oldest records are dropped and counted', async () => {
+      const port = await freePort();
+      const mw = logger({ ...transport.destination(port), maxBufferBytes: 2000, onError: () => undefined });
+      const http = await appWith(mw);
+      for (let i = 0; i < 30; i++) await request(http.port, `/n/${i}`);
+      const stats = mw.stats();
+      assert.ok(stats.bufferedBytes <= 2000, `bufferedBytes ${stats.bufferedBytes}`);
+      assert.ok(stats.dropped > 0);
+      assert.equal(stats.records, 30);
+      assert.ok(invariant(stats));
+      const receiver = track(await transport.startReceiver(port));
+      await until(() => mw.stats().buffered === 0);
+      await receiver.waitForLines(stats.buffered);
+      const uris = receiver.records().map((r) => r['request'].uri as string);
+      assert.equal(uris.at(-1), '/n/29', 'the newest records are the ones kept');
+      assert.equal(mw.stats().sent + mw.stats().dropped, 30);
+    });
+
+    it('a connect that never completes is cut by timeout and retried', async () => {
+      // A listener whose process never accepts (its event loop is parked) and whose backlog is
+      // full: the kernel leaves further SYNs unanswered, so a connect neither succeeds nor fails.
+      const child = spawn(process.execPath, ['-e', STALLED_LISTENER], { stdio: ['ignore', 'pipe', 'inherit'] });
+      track({ close: () => Promise.resolve(void child.kill('SIGKILL')) });
+      const [portText] = (await once(child.stdout, 'data')) as [Buffer];
+      const port = Number(portText.toString().trim());
+      const fillers: net.Socket[] = [];
+      track({ close: () => Promise.resolve(fillers.forEach((s) => s.destroy())) });
+      // Connect until one hangs: then the backlog is full.
+      for (;;) {
+        const filler = net.connect(port, '127.0.0.1').on('error', () => undefined);
+        fillers.push(filler);
+        const outcome = await Promise.race([
+          once(filler, 'connect').then(() => 'connected'),
+          new Promise((resolve) => setTimeout(resolve, 300, 'hung')),
+        ]);
+        if (outcome === 'hung') break;
+        assert.ok(fillers.length < 50, 'the backlog never filled');
+      }
+      const errors: Error[] = [];
+      const mw = logger({ ...transport.destination(port), timeout: 200, onError: (err) => errors.push(err) });
+      const http = await appWith(mw);
+      await request(http.port, '/');
+      await until(() => errors.filter((err) => (err as { code?: string }).code === 'ETIMEDOUT').length >= 2);
+      assert.equal(mw.stats().connected, false);
+      assert.equal(mw.stats().buffered, 1, 'the record waits for a connection');
+      assert.equal(mw.stats().connects, 0);
     });
   });
-
-  it('keepalive: 200 closes an idle connection; the next record reconnects', async () => {
-    const receiver = track(await startLineServer());
-    const mw = logger({ host: '127.0.0.1', port: receiver.port, keepalive: 200 });
-    const http = await appWith(mw);
-    await request(http.port, '/n/1');
-    await receiver.waitForLines(1);
-    await waitFor(receiver, 'socket-close', () => receiver.sockets.size === 0);
-    await until(() => !mw.stats().connected);
-    await request(http.port, '/n/2');
-    await receiver.waitForLines(2);
-    assert.equal(receiver.connections, 2);
-    assert.equal(mw.stats().connects, 2);
-    assert.equal(mw.stats().errors, 0, 'an idle close is not an error');
-  });
-
-  it('keepalive: 0 keeps the connection open', async () => {
-    const receiver = track(await startLineServer());
-    const mw = logger({ host: '127.0.0.1', port: receiver.port, keepalive: 0 });
-    const http = await appWith(mw);
-    await request(http.port, '/n/1');
-    await receiver.waitForLines(1);
-    // A record with keepalive 200 would have closed by now; a second request must reuse the socket.
-    await new Promise((resolve) => setTimeout(resolve, 300));
-    await request(http.port, '/n/2');
-    await receiver.waitForLines(2);
-    assert.equal(receiver.connections, 1);
-  });
-
-  it('server down: requests are unaffected, records arrive once a server listens on the port', async () => {
-    const port = await freePort();
-    const errors: Error[] = [];
-    const mw = logger({ host: '127.0.0.1', port, onError: (err) => errors.push(err) });
-    const http = await appWith(mw);
-    for (let i = 0; i < 5; i++) {
-      const reply = await request(http.port, `/n/${i}`);
-      assert.equal(reply.status, 200);
-    }
-    await until(() => errors.length > 0);
-    assert.equal((errors[0] as { code?: string }).code, 'ECONNREFUSED');
-    assert.equal(mw.stats().buffered, 5);
-    const receiver = track(await startLineServer(port));
-    await receiver.waitForLines(5);
-    assert.deepEqual(
-      receiver.records().map((r) => r['request'].uri),
-      ['/n/0', '/n/1', '/n/2', '/n/3', '/n/4'],
-    );
-    await until(() => mw.stats().sent === 5);
-    assert.ok(mw.stats().errors >= 1);
-  });
-
-  it('a server that closes the connection is noticed; later records go on a new one, none lost', async () => {
-    const receiver = track(await startLineServer());
-    const mw = logger({ host: '127.0.0.1', port: receiver.port });
-    const http = await appWith(mw);
-    for (let round = 0; round < 5; round++) {
-      await request(http.port, `/n/${round}`);
-      await receiver.waitForLines(round + 1);
-      for (const socket of receiver.sockets) socket.end();
-      await waitFor(receiver, 'socket-close', () => receiver.sockets.size === 0);
-    }
-    assert.equal(receiver.lines.length, 5);
-    assert.equal(receiver.connections, 5);
-    await until(() => mw.stats().sent === 5);
-  });
-
-  it('per-router instances to two servers: each gets only its own records; nested instances log once', async () => {
-    const appReceiver = track(await startLineServer());
-    const usersReceiver = track(await startLineServer());
-    const appLog = logger({ host: '127.0.0.1', port: appReceiver.port, api: { name: 'app' } });
-    const usersLog = logger({ host: '127.0.0.1', port: usersReceiver.port, api: { name: 'users' } });
-    const app = express();
-    app.use(appLog);
-    const users = express.Router();
-    users.use(usersLog);
-    users.get('/:id', (req, res) => {
-      res.json({ id: req.params['id'] });
-    });
-    app.use('/users', users);
-    app.get('/home', (_req, res) => {
-      res.send('home');
-    });
-    const http = track(await listen(app));
-    await request(http.port, '/home');
-    await request(http.port, '/users/1');
-    await request(http.port, '/users/2');
-    await request(http.port, '/home?again');
-    await appReceiver.waitForLines(2);
-    await usersReceiver.waitForLines(2);
-    assert.deepEqual(
-      appReceiver.records().map((r) => [r['request'].uri, r['api'].name]),
-      [
-        ['/home', 'app'],
-        ['/home?again', 'app'],
-      ],
-    );
-    assert.deepEqual(
-      usersReceiver.records().map((r) => [r['request'].uri, r['api'].name, r['route'].base_url]),
-      [
-        ['/users/1', 'users', '/users'],
-        ['/users/2', 'users', '/users'],
-      ],
-    );
-    await until(() => appLog.stats().sent === 2 && usersLog.stats().sent === 2);
-    assert.equal(appLog.stats().records, 2, 'the outer instance did not log the nested requests');
-  });
-
-  it('instances pointing at one destination share one connection and one set of counters', async () => {
-    const receiver = track(await startLineServer());
-    const a = logger({ host: '127.0.0.1', port: receiver.port, api: { name: 'a' } });
-    const b = logger(`tcp://127.0.0.1:${receiver.port}`, { api: { name: 'b' } });
-    const app = express();
-    app.use('/a', a);
-    app.use('/b', b);
-    app.get(['/a', '/b'], (_req, res) => {
-      res.send('x');
-    });
-    const http = track(await listen(app));
-    await request(http.port, '/a');
-    await request(http.port, '/b');
-    await receiver.waitForLines(2);
-    assert.equal(receiver.connections, 1);
-    assert.deepEqual(
-      receiver.records().map((r) => r['api'].name),
-      ['a', 'b'],
-    );
-    await until(() => a.stats().sent === 2);
-    assert.deepEqual(a.stats(), b.stats());
-    assert.equal(activeClientCount(), 1);
-  });
-
-  it('delimiter "\\n" frames records with LF only', async () => {
-    const receiver = track(await startLineServer());
-    const mw = logger({ host: '127.0.0.1', port: receiver.port, delimiter: '\n' });
-    const http = await appWith(mw);
-    await request(http.port, '/');
-    await request(http.port, '/n/2');
-    await receiver.waitForLines(2);
-    assert.ok(receiver.lines.every((line) => !line.endsWith('\r')));
-    assert.equal(receiver.records().length, 2);
-  });
-
-  it('close() delivers everything buffered before it resolves, even when the server comes up late', async () => {
-    const port = await freePort();
-    const mw = logger({ host: '127.0.0.1', port, timeout: 5000, onError: () => undefined });
-    const http = await appWith(mw);
-    for (let i = 0; i < 20; i++) await request(http.port, `/n/${i}`);
-    assert.equal(mw.stats().buffered, 20);
-    const closing = mw.close();
-    const receiver = track(await startLineServer(port));
-    await closing;
-    assert.equal(mw.stats().sent, 20, 'all confirmed before close() resolved');
-    assert.equal(mw.stats().buffered, 0);
-    await receiver.waitForLines(20);
-    // After close() the instance no longer logs, and the app still answers.
-    assert.equal((await request(http.port, '/')).status, 200);
-    assert.equal(mw.stats().records, 20);
-    assert.equal(await mw.close(), undefined, 'close() is idempotent');
-  });
-
-  it('close() with the server down resolves within timeout and counts the drops', async () => {
-    const port = await freePort();
-    const errors: Error[] = [];
-    const mw = logger({ host: '127.0.0.1', port, timeout: 300, onError: (err) => errors.push(err) });
-    const http = await appWith(mw);
-    for (let i = 0; i < 3; i++) await request(http.port, `/n/${i}`);
-    await mw.close();
-    assert.deepEqual(
-      {
-        records: mw.stats().records,
-        sent: mw.stats().sent,
-        dropped: mw.stats().dropped,
-        buffered: mw.stats().buffered,
-      },
-      { records: 3, sent: 0, dropped: 3, buffered: 0 },
-    );
-    assert.ok(errors.some((err) => (err as { code?: string }).code === 'EDROPPED'));
-  });
-
-  it('maxBufferBytes bounds what waits: the oldest records are dropped and counted', async () => {
-    const port = await freePort();
-    const mw = logger({ host: '127.0.0.1', port, maxBufferBytes: 2000, onError: () => undefined });
-    const http = await appWith(mw);
-    for (let i = 0; i < 30; i++) await request(http.port, `/n/${i}`);
-    const stats = mw.stats();
-    assert.ok(stats.bufferedBytes <= 2000, `bufferedBytes ${stats.bufferedBytes}`);
-    assert.ok(stats.dropped > 0);
-    assert.equal(stats.records, 30);
-    assert.ok(invariant(stats));
-    const receiver = track(await startLineServer(port));
-    await until(() => mw.stats().buffered === 0);
-    await receiver.waitForLines(stats.buffered);
-    const uris = receiver.records().map((r) => r['request'].uri as string);
-    assert.equal(uris.at(-1), '/n/29', 'the newest records are the ones kept');
-    assert.equal(mw.stats().sent + mw.stats().dropped, 30);
-  });
-
-  it('a connect that never completes is cut by timeout and retried', async () => {
-    // A listener whose process never accepts (its event loop is parked) and whose backlog is
-    // full: the kernel leaves further SYNs unanswered, so a connect neither succeeds nor fails.
-    const child = spawn(process.execPath, ['-e', STALLED_LISTENER], { stdio: ['ignore', 'pipe', 'inherit'] });
-    track({ close: () => Promise.resolve(void child.kill('SIGKILL')) });
-    const [portText] = (await once(child.stdout, 'data')) as [Buffer];
-    const port = Number(portText.toString().trim());
-    const fillers: net.Socket[] = [];
-    track({ close: () => Promise.resolve(fillers.forEach((s) => s.destroy())) });
-    // Connect until one hangs: then the backlog is full.
-    for (;;) {
-      const filler = net.connect(port, '127.0.0.1').on('error', () => undefined);
-      fillers.push(filler);
-      const outcome = await Promise.race([
-        once(filler, 'connect').then(() => 'connected'),
-        new Promise((resolve) => setTimeout(resolve, 300, 'hung')),
-      ]);
-      if (outcome === 'hung') break;
-      assert.ok(fillers.length < 50, 'the backlog never filled');
-    }
-    const errors: Error[] = [];
-    const mw = logger({ host: '127.0.0.1', port, timeout: 200, onError: (err) => errors.push(err) });
-    const http = await appWith(mw);
-    await request(http.port, '/');
-    await until(() => errors.filter((err) => (err as { code?: string }).code === 'ETIMEDOUT').length >= 2);
-    assert.equal(mw.stats().connected, false);
-    assert.equal(mw.stats().buffered, 1, 'the record waits for a connection');
-    assert.equal(mw.stats().connects, 0);
-  });
-});
+}
