@@ -24,6 +24,24 @@ function killAll() {
   children.clear();
 }
 
+/**
+ * Runs a driver's `main()`: its result (a number) becomes the exit code, an error exits 2, and
+ * every child is killed either way.
+ */
+function runMain(main) {
+  main().then(
+    (code) => {
+      killAll();
+      process.exitCode = typeof code === 'number' ? code : 0;
+    },
+    (err) => {
+      console.error(err);
+      killAll();
+      process.exitCode = 2;
+    },
+  );
+}
+
 let cleanupInstalled = false;
 function installCleanup() {
   if (cleanupInstalled) return;
@@ -223,6 +241,7 @@ module.exports = {
   startChild,
   serve,
   killAll,
+  runMain,
   sleep,
   median,
   envInt,

@@ -16,7 +16,7 @@
  * Exits 1 if RSS grew beyond the bound, the backlog did not drain, the counters disagree
  * (records !== sent + dropped + buffered), or the sink received invalid lines.
  */
-const { envInt, formatTable, killAll, machine, median, sleep, writeResult } = require('./common.js');
+const { envInt, formatTable, machine, median, sleep, writeResult, runMain } = require('./common.js');
 const {
   snapshotDist,
   sourceInfo,
@@ -209,14 +209,4 @@ async function main() {
   }
 }
 
-main().then(
-  (code) => {
-    killAll();
-    process.exitCode = code;
-  },
-  (err) => {
-    console.error(err);
-    killAll();
-    process.exitCode = 2;
-  },
-);
+runMain(main);

@@ -14,7 +14,7 @@
  */
 const fs = require('node:fs');
 const path = require('node:path');
-const { RESULTS_DIR, envInt, formatTable, killAll, writeResult } = require('./common.js');
+const { RESULTS_DIR, envInt, formatTable, writeResult, runMain } = require('./common.js');
 const {
   FORMATS,
   snapshotDist,
@@ -190,11 +190,4 @@ async function main() {
   console.log('\nWrote bench/results/profile.txt');
 }
 
-main().then(
-  () => killAll(),
-  (err) => {
-    console.error(err);
-    killAll();
-    process.exitCode = 2;
-  },
-);
+runMain(main);

@@ -17,7 +17,7 @@
  * Writes bench/results/latest.json and latest.md. Exits 1 only if express-tcplog delivered
  * fewer records than requests made.
  */
-const { envInt, formatMarkdown, formatTable, killAll, machine, median, writeResult } = require('./common.js');
+const { envInt, formatMarkdown, formatTable, machine, median, writeResult, runMain } = require('./common.js');
 const {
   FORMATS,
   snapshotDist,
@@ -231,14 +231,4 @@ async function main() {
   return 0;
 }
 
-main().then(
-  (code) => {
-    killAll();
-    process.exitCode = code;
-  },
-  (err) => {
-    console.error(err);
-    killAll();
-    process.exitCode = 2;
-  },
-);
+runMain(main);
