@@ -295,6 +295,7 @@ function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchang
     response = { status: res.statusCode, head, headers: head === null ? res.getHeaders() : null };
   }
   const route = req.route;
+  const trusting = trustsProxy(req);
   return {
     method: req.method ?? 'GET',
     url: req.originalUrl ?? req.url ?? '/',
@@ -302,7 +303,7 @@ function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchang
     rawHeaders: req.rawHeaders,
     requestBodyBytes: exchange.bodyBytes,
     scheme:
-      (trustsProxy(req) ? expressValue(req, 'protocol') : undefined) ??
+      (trusting ? expressValue(req, 'protocol') : undefined) ??
       ((socket as { encrypted?: boolean }).encrypted ? 'https' : 'http'),
     host: req.headers.host ?? `${socket.localAddress ?? 'localhost'}:${socket.localPort ?? ''}`,
     startedAt: exchange.startedAt,
@@ -311,7 +312,7 @@ function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchang
     finishedAt: exchange.endedAt,
     response,
     responseBytes: exchange.responseBytes,
-    clientIp: (trustsProxy(req) ? expressValue(req, 'ip') : undefined) ?? exchange.remoteAddress,
+    clientIp: (trusting ? expressValue(req, 'ip') : undefined) ?? exchange.remoteAddress,
     route: route && route.path !== undefined ? { path: routePath(route.path), baseUrl: baseUrl(req, exchange) } : null,
     requestId: requestId(req),
   };
