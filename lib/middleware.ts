@@ -15,13 +15,8 @@ import type { RecordSink } from './client.js';
 import { frame } from './framing.js';
 import { PACKAGE } from './errors.js';
 import type { Hooks, RecordSettings } from './options.js';
-import {
-  serializeRecord,
-  type CapturedExchange,
-  type CapturedResponse,
-  type CustomValue,
-  type Extras,
-} from './record.js';
+import type { CapturedExchange, CapturedResponse, CustomValue, Extras } from './record.js';
+import { serializeRecord } from './serialize.js';
 
 /** What Express (4 or 5) adds to a request; Connect and bare `http` have none of it. */
 interface ExpressLikeRequest extends IncomingMessage {
@@ -216,6 +211,13 @@ function buildAndSend(res: TrackedResponse): void {
   if (!exchange) return;
   settle(exchange);
   const { instance, req } = exchange;
+  // 'close' comes once, and last: let go of the exchange now rather than when the collector
+  // finds its key dead, so the tables stay as small as the number of requests in progress.
+  byResponse.delete(res);
+  if (exchange.push !== null) {
+    byRequest.delete(req);
+    if (req.push === countingPush) req.push = exchange.push;
+  }
   if (instance.closed) return;
   try {
     const { hooks } = instance;

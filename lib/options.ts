@@ -156,6 +156,8 @@ export interface RecordSettings {
   readonly redact: ReadonlySet<string> | null;
   /** A frozen copy of `api` (taken once, so later changes by the caller do not leak in), or `null`. */
   readonly api: Readonly<Record<string, unknown>> | null;
+  /** `api` as JSON, written once: it cannot change. */
+  readonly apiJson: string | null;
 }
 
 /** The user's per-request functions, called by the middleware when a response finishes. */
@@ -244,7 +246,7 @@ export function parseOptions(target: unknown, more?: unknown): Settings {
   });
   return Object.freeze({
     destination,
-    record: Object.freeze({ delimiter, redact, api }),
+    record: Object.freeze({ delimiter, redact, api, apiJson: api === null ? null : JSON.stringify(api) }),
     hooks,
     onError,
   });

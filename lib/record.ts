@@ -92,25 +92,21 @@ export interface Extras {
   readonly custom?: readonly CustomValue[];
 }
 
-/** Builds one record as an object, Kong's field order. */
+/**
+ * Builds one record as an object, Kong's field order: the definition of the record. serialize.ts
+ * writes the same JSON directly, and uses this for what its fast paths leave aside.
+ */
 export function buildRecord(
   exchange: CapturedExchange,
   settings: RecordSettings,
   extras?: Extras,
 ): Record<string, unknown> {
-  // "<method> <uri> HTTP/<version>\r\n": three separators, "HTTP/" and CRLF are 9 bytes.
-  const requestHead =
-    exchange.method.length +
-    exchange.url.length +
-    exchange.httpVersion.length +
-    9 +
-    rawHeadersBytes(exchange.rawHeaders);
   const request: Record<string, unknown> = {};
   if (exchange.requestId !== undefined) request['id'] = exchange.requestId;
   request['method'] = exchange.method;
   request['uri'] = exchange.url;
   request['request_uri'] = `${exchange.scheme}://${exchange.host}${exchange.url}`;
-  request['size'] = requestHead + exchange.requestBodyBytes;
+  request['size'] = requestHeadBytes(exchange) + exchange.requestBodyBytes;
   request['querystring'] = parseQuery(exchange.url);
   request['headers'] = headersFromRaw(exchange.rawHeaders, settings.redact);
   const size = exchange.responseBytes;
@@ -130,11 +126,6 @@ export function buildRecord(
   if (exchange.clientIp !== undefined) record['client_ip'] = normalizeIp(exchange.clientIp);
   for (const field of extras?.custom ?? []) setPath(record, field.path, field.value);
   return record;
-}
-
-/** Serializes one exchange. The caller adds the delimiter (see framing.ts). */
-export function serializeRecord(exchange: CapturedExchange, settings: RecordSettings, extras?: Extras): string {
-  return JSON.stringify(buildRecord(exchange, settings, extras));
 }
 
 /**
@@ -165,11 +156,14 @@ function setPath(record: Record<string, unknown>, path: readonly string[], value
 }
 
 /**
- * Bytes of the header lines as received, `Name: value\r\n` each. Header text is latin1-decoded
- * by Node, one character per byte, so lengths are byte counts.
+ * Bytes of the request head as received: the request line, then `Name: value\r\n` per header and
+ * the blank line. Header text is latin1-decoded by Node, one character per byte, so lengths are
+ * byte counts.
  */
-function rawHeadersBytes(raw: readonly string[]): number {
-  let bytes = 2; // the blank line ending the head
+export function requestHeadBytes(exchange: CapturedExchange): number {
+  // "<method> <uri> HTTP/<version>\r\n": three separators, "HTTP/" and CRLF are 9 bytes.
+  let bytes = exchange.method.length + exchange.url.length + exchange.httpVersion.length + 9 + 2;
+  const raw = exchange.rawHeaders;
   for (let i = 0; i < raw.length; i++) bytes += (raw[i]?.length ?? 0) + 2;
   return bytes;
 }
@@ -212,7 +206,7 @@ function addValue<T extends string | boolean>(target: Record<string, T | T[]>, k
 }
 
 /** Header value as text: UTF-8 when the bytes are valid UTF-8, else one character per byte. */
-function headerText(value: string): string {
+export function headerText(value: string): string {
   if (!NON_ASCII.test(value)) return value;
   try {
     return utf8.decode(Buffer.from(value, 'latin1'));
@@ -235,7 +229,7 @@ export function headersFromRaw(
   return headers;
 }
 
-function responseHeaders(
+export function responseHeaders(
   response: CapturedResponse | null,
   redact: ReadonlySet<string> | null,
 ): Record<string, string | string[]> {

@@ -5,19 +5,40 @@
  */
 import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
-import { headersFromRaw, normalizeIp, parseQuery, serializeRecord } from '../lib/record.js';
-import type { CapturedExchange, CapturedResponse } from '../lib/record.js';
+import { buildRecord, headersFromRaw, normalizeIp, parseQuery } from '../lib/record.js';
+import type { CapturedExchange, CapturedResponse, Extras } from '../lib/record.js';
+import { serializeRecord as writeRecord } from '../lib/serialize.js';
 import { frame } from '../lib/framing.js';
 import { parseOptions } from '../lib/options.js';
 import type { RecordSettings } from '../lib/options.js';
 
-const SETTINGS: RecordSettings = { delimiter: '\r\n', redact: new Set(['authorization']), api: null };
+const SETTINGS: RecordSettings = {
+  delimiter: '\r\n',
+  redact: new Set(['authorization']),
+  api: null,
+  apiJson: null,
+};
 const DEFAULT_REDACT: RecordSettings = {
   delimiter: '\r\n',
   redact: new Set(['authorization', 'proxy-authorization', 'cookie', 'set-cookie']),
   api: null,
+  apiJson: null,
 };
-const NO_REDACT: RecordSettings = { delimiter: '\n', redact: null, api: null };
+const NO_REDACT: RecordSettings = { delimiter: '\n', redact: null, api: null, apiJson: null };
+
+/**
+ * The record as the middleware writes it (serialize.ts), checked in every test against its
+ * definition (record.ts), so each case here is also a case of "the fast path changes nothing".
+ */
+function serializeRecord(ex: CapturedExchange, settings: RecordSettings, extras?: Extras): string {
+  const json = writeRecord(ex, settings, extras);
+  assert.equal(
+    json,
+    JSON.stringify(buildRecord(ex, settings, extras)),
+    'serialize.ts must write what record.ts builds',
+  );
+  return json;
+}
 
 const RESPONSE_HEAD =
   'HTTP/1.1 200 OK\r\n' +
@@ -76,7 +97,7 @@ describe('serializeRecord', () => {
   it('writes the Kong fields in order, with every optional field present', () => {
     const json = serializeRecord(
       exchange({ route: { path: '/users/:id', baseUrl: '/users' }, clientIp: '::ffff:10.0.0.7' }),
-      { ...SETTINGS, api: { name: 'users' } },
+      { ...SETTINGS, api: { name: 'users' }, apiJson: '{"name":"users"}' },
     );
     assertOneLine(json);
     const parsed = JSON.parse(json) as Json;
@@ -597,5 +618,111 @@ describe('hostile input always gives one line of valid JSON', () => {
     const parsed = record(exchange({ rawHeaders: raw }), NO_REDACT);
     assert.equal(Object.keys(parsed['request'].headers).length, 64);
     assert.equal(parsed['request'].headers['x-h63'], `${'v'.repeat(1000)}\r\n63`);
+  });
+});
+
+describe('serialize.ts writes exactly what record.ts builds', () => {
+  /** A small deterministic generator (mulberry32): the same cases on every run. */
+  function random(seed: number): () => number {
+    let state = seed;
+    return () => {
+      state = (state + 0x6d2b79f5) | 0;
+      let t = Math.imul(state ^ (state >>> 15), 1 | state);
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+    };
+  }
+  const next = random(20261125);
+  const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)] as T;
+  // Pieces that take each fast path and each way out of it.
+  const NAMES = [
+    'Host',
+    'accept',
+    'X-Id',
+    'x-id',
+    'Cookie',
+    'authorization',
+    '0',
+    '12',
+    '9x',
+    '__proto__',
+    'constructor',
+  ];
+  const TEXT = [
+    'a',
+    'Zz',
+    ' ',
+    '"',
+    '\\',
+    '\t',
+    '\u0001',
+    '\u007f',
+    '\u00e9',
+    '\u00c3\u00a9',
+    '\u00ff',
+    '=',
+    '&',
+    '%41',
+    '%',
+    '+',
+    '#',
+    '?',
+  ];
+  const KEYS = ['a', 'b', 'a', '0', '1', '"', '\\', '\u00e9', '%41', '+', '\ud800'];
+  const VALUES = ['x', '1', '=', '"', '\\', '\u00e9', '%41', '%zz', '+', '#', '?', '\u0001'];
+  /** Mostly well-formed pairs, some repeated, some flags or empty parts. */
+  const query = (): string => {
+    const parts: string[] = [];
+    for (let i = Math.floor(next() * 5); i > 0; i--) {
+      const key = text(KEYS, 3);
+      parts.push(next() < 0.1 ? key : `${key}=${text(VALUES, 3)}`);
+    }
+    return parts.join('&');
+  };
+  const WIDE = ['\u2028', '\ud83d\ude00', '\ud800', '\udfff', '\u00e9'];
+  const text = (pieces: readonly string[], max: number): string => {
+    let out = '';
+    for (let i = Math.floor(next() * max); i > 0; i--) out += pick(pieces);
+    return out;
+  };
+  const settingsList: RecordSettings[] = [
+    SETTINGS,
+    NO_REDACT,
+    DEFAULT_REDACT,
+    { ...NO_REDACT, api: { name: 'users', n: 1 }, apiJson: '{"name":"users","n":1}' },
+  ];
+
+  it('on 3000 generated exchanges (repeats, digit names, escapes, non-ASCII bytes, lone surrogates)', () => {
+    for (let n = 0; n < 3000; n++) {
+      const raw: string[] = [];
+      for (let i = Math.floor(next() * 6); i > 0; i--) raw.push(pick(NAMES), text(TEXT, 4));
+      let head = `HTTP/1.1 ${pick(['200 OK', '404 Not Found'])}\r\n`;
+      for (let i = Math.floor(next() * 5); i > 0; i--) head += `${pick(NAMES)}: ${text(TEXT, 4)} \r\n`;
+      if (next() < 0.2) head += 'no colon here\r\n: empty name\r\n';
+      head += '\r\n';
+      const url = `/${text(next() < 0.3 ? WIDE : TEXT, 5)}${next() < 0.8 ? `?${query()}` : ''}`;
+      const response: CapturedResponse | null =
+        next() < 0.1
+          ? null
+          : next() < 0.15
+            ? { status: 200, head: null, headers: { 'content-type': 'text/plain', 'set-cookie': ['a=1', 'b=2'], n: 3 } }
+            : { status: pick([200, 204, 500]), head, headers: null };
+      const ex = exchange({
+        url,
+        rawHeaders: raw,
+        response,
+        headersAt: next() < 0.2 ? null : 1001.5,
+        requestId: next() < 0.5 ? undefined : text([...TEXT, ...WIDE], 3),
+        clientIp: next() < 0.1 ? undefined : pick(['127.0.0.1', '::ffff:10.1.2.3', '::1']),
+        route: next() < 0.5 ? null : { path: `/r/${text(TEXT, 2)}`, baseUrl: text(TEXT, 2) },
+      });
+      const extras: Extras | undefined =
+        next() < 0.2
+          ? { consumer: pick([{ id: 'u1' }, { id: text(WIDE, 2) }, { toJSON: () => undefined }]) }
+          : next() < 0.1
+            ? { custom: [{ path: ['request', 'headers'], value: undefined }] }
+            : undefined;
+      serializeRecord(ex, pick(settingsList), extras);
+    }
   });
 });
