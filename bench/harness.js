@@ -9,7 +9,16 @@ const path = require('node:path');
 const { RESULTS_DIR, startChild, sleep } = require('./common.js');
 
 const DIST = path.join(__dirname, '..', 'dist');
-const DIST_FILES = ['index.js', 'middleware.js', 'record.js', 'framing.js', 'client.js', 'queue.js', 'options.js'];
+const DIST_FILES = [
+  'index.js',
+  'middleware.js',
+  'record.js',
+  'serialize.js',
+  'framing.js',
+  'client.js',
+  'queue.js',
+  'options.js',
+];
 
 /** How the sink validates each mode's lines. */
 const FORMATS = {
@@ -73,7 +82,8 @@ async function startApp(mode, sinkPort, { env = {}, execArgv = [] } = {}) {
     name: `app (${mode})`,
     env: {
       BENCH_TCPLOG_MODULE: tcplogModule || '',
-      BENCH_BASELINE_MODULE: process.env.BENCH_BASELINE_MODULE || '',
+      // Relative to where the benchmark was started, like any path on a command line.
+      BENCH_BASELINE_MODULE: process.env.BENCH_BASELINE_MODULE ? path.resolve(process.env.BENCH_BASELINE_MODULE) : '',
       ...env,
       BENCH_MODE: mode,
       BENCH_SINK_PORT: String(sinkPort),

@@ -3,11 +3,15 @@
  * Side-by-side benchmark: the same Express 5 JSON route with no logger, express-tcplog, pino-http
  * + pino-socket, morgan to a TCP socket, and a naive one-write-per-record logger.
  *
- * Each (round, mode) gets a fresh app process: warm-up, then a fixed number of requests from
- * autocannon (its own process), with the app's process.cpuUsage() read just before and just after.
- * Modes are interleaved, the order rotated every round, and medians over rounds are reported.
+ * Each round starts a fresh app process per mode, warms each up, then runs the measured requests
+ * (autocannon, its own process) in short segments, the modes taking turns and the order rotated
+ * every segment; the app's process.cpuUsage() is read just before and just after each segment.
+ * Ratios to `none` are taken per segment, between neighbours in time, and their median reported:
+ * on a shared 2-core host the machine's speed drifts by tens of percent within a minute.
+ * Each logging mode has its own sink process, so every record is attributed to its mode.
  *
  *   BENCH_REQUESTS     measured requests per (round, mode)     default 20000
+ *   BENCH_SEGMENTS     segments each round's requests are cut into   default 5
  *   BENCH_WARMUP       warm-up requests, not measured           default 2000
  *   BENCH_ROUNDS       rounds                                   default 5
  *   BENCH_CONNECTIONS  autocannon connections                   default 32
@@ -35,6 +39,7 @@ const config = {
   requests: envInt('BENCH_REQUESTS', 20_000),
   warmup: envInt('BENCH_WARMUP', 2_000),
   rounds: envInt('BENCH_ROUNDS', 5),
+  segments: envInt('BENCH_SEGMENTS', 5),
   connections: envInt('BENCH_CONNECTIONS', 32),
   modes: process.env.BENCH_MODES ? process.env.BENCH_MODES.split(',').map((m) => m.trim()) : DEFAULT_MODES,
 };
@@ -46,89 +51,131 @@ function cpuMicros(before, after) {
   return after.cpu.user - before.cpu.user + (after.cpu.system - before.cpu.system);
 }
 
-async function measure(mode, round, sink, load) {
-  const app = await startApp(mode, sink.port);
-  const format = FORMATS[mode];
+/**
+ * One round: a fresh app process per mode, all started together (an app waiting for its turn
+ * uses no CPU), each warmed up, then `segments` short measured runs per mode, the modes
+ * alternating and their order rotated each segment. Neighbouring segments share the machine's
+ * state of the moment, so per-segment ratios cancel most of the drift of a noisy host.
+ */
+async function runRound(round, sinks, load) {
+  const apps = new Map();
   try {
-    await load.call('run', { url: app.url, amount: config.warmup, connections: config.connections });
-    let base = null;
-    if (format) {
-      await waitForSink(sink, (await sink.call('count')).lines + config.warmup);
-      base = await sink.call('validate', { format });
+    for (const mode of config.modes) apps.set(mode, await startApp(mode, sinks.get(mode)?.port ?? 0));
+    const base = new Map();
+    for (const mode of config.modes) {
+      const app = apps.get(mode);
+      await load.call('run', { url: app.url, amount: config.warmup, connections: config.connections });
+      const sink = sinks.get(mode);
+      if (sink) {
+        await waitForSink(sink, (await sink.call('count')).lines + config.warmup);
+        base.set(mode, await sink.call('validate', { format: FORMATS[mode] }));
+      }
     }
-
-    const before = await app.call('snapshot');
-    const result = await load.call('run', { url: app.url, amount: config.requests, connections: config.connections });
-    const after = await app.call('snapshot');
-
-    let delivery = null;
-    if (format) {
-      await waitForSink(sink, base.lines + result.requests);
-      const end = await sink.call('validate', { format });
-      delivery = {
-        valid: end.valid - base.valid,
-        invalid: end.invalid - base.invalid,
-        lines: end.lines - base.lines,
-        recordsPerRead: (end.lines - base.lines) / Math.max(1, end.chunks - base.chunks),
-        fraction: (end.valid - base.valid) / result.requests,
-      };
+    const perSegment = Math.ceil(config.requests / config.segments);
+    const segments = [];
+    for (let segment = 0; segment < config.segments; segment++) {
+      const shift = (round + segment) % config.modes.length;
+      const order = [...config.modes.slice(shift), ...config.modes.slice(0, shift)];
+      for (const mode of order) {
+        const app = apps.get(mode);
+        const before = await app.call('snapshot');
+        const result = await load.call('run', { url: app.url, amount: perSegment, connections: config.connections });
+        const after = await app.call('snapshot');
+        const cpu = cpuMicros(before, after);
+        segments.push({
+          mode,
+          round,
+          segment,
+          requests: result.requests,
+          failed: result.non2xx + result.errors,
+          cpuMicros: cpu,
+          cpuPerRequest: cpu / result.requests,
+          rps: result.rps,
+          appCpuFraction: cpu / 1000 / result.elapsedMs,
+          loadCpuFraction: result.loadCpuFraction,
+          latency: result.latency,
+          rss: after.rss,
+          stats: after.stats,
+        });
+      }
     }
-    const cpu = cpuMicros(before, after);
-    return {
-      mode,
-      round,
-      requests: result.requests,
-      non2xx: result.non2xx,
-      errors: result.errors,
-      cpuMicros: cpu,
-      cpuPerRequest: cpu / result.requests,
-      rps: result.rps,
-      appCpuFraction: cpu / 1000 / result.elapsedMs,
-      loadCpuFraction: result.loadCpuFraction,
-      latency: result.latency,
-      rss: after.rss,
-      maxRss: after.maxRssBytes,
-      delivery,
-      stats: after.stats,
-    };
+    const samples = [];
+    for (const mode of config.modes) {
+      const runs = segments.filter((s) => s.mode === mode);
+      const requests = runs.reduce((n, s) => n + s.requests, 0);
+      const cpu = runs.reduce((n, s) => n + s.cpuMicros, 0);
+      let delivery = null;
+      const sink = sinks.get(mode);
+      if (sink) {
+        const start = base.get(mode);
+        await waitForSink(sink, start.lines + requests);
+        const end = await sink.call('validate', { format: FORMATS[mode] });
+        delivery = {
+          valid: end.valid - start.valid,
+          invalid: end.invalid - start.invalid,
+          lines: end.lines - start.lines,
+          recordsPerRead: (end.lines - start.lines) / Math.max(1, end.chunks - start.chunks),
+          fraction: (end.valid - start.valid) / requests,
+        };
+      }
+      samples.push({
+        mode,
+        round,
+        requests,
+        failed: runs.reduce((n, s) => n + s.failed, 0),
+        cpuMicros: cpu,
+        cpuPerRequest: cpu / requests,
+        rps: median(runs.map((s) => s.rps)),
+        appCpuFraction: median(runs.map((s) => s.appCpuFraction)),
+        loadCpuFraction: median(runs.map((s) => s.loadCpuFraction)),
+        p99: median(runs.map((s) => s.latency.p99)),
+        rss: runs[runs.length - 1].rss,
+        delivery,
+      });
+    }
+    return { samples, segments };
   } finally {
-    await app.stop();
+    await Promise.all([...apps.values()].map((app) => app.stop()));
   }
 }
 
-function summarize(samples) {
+/** Median over every segment of `value(mode) / value(none)` in the same round and segment. */
+function pairedRatio(segments, mode, value) {
+  return median(
+    segments
+      .filter((s) => s.mode === mode)
+      .map((s) => {
+        const base = segments.find((b) => b.mode === 'none' && b.round === s.round && b.segment === s.segment);
+        return base ? value(s) / value(base) : null;
+      }),
+  );
+}
+
+function summarize(samples, segments) {
   const byMode = new Map();
   for (const mode of config.modes) {
     const runs = samples.filter((s) => s.mode === mode);
+    const delivered = runs.filter((r) => r.delivery);
     byMode.set(mode, {
       mode,
       rounds: runs.length,
       cpuPerRequest: median(runs.map((r) => r.cpuPerRequest)),
       rps: median(runs.map((r) => r.rps)),
-      p99: median(runs.map((r) => r.latency.p99)),
+      p99: median(runs.map((r) => r.p99)),
       rss: median(runs.map((r) => r.rss)),
-      delivered: runs.some((r) => r.delivery) ? median(runs.map((r) => r.delivery && r.delivery.fraction)) : null,
-      minDelivered: runs.some((r) => r.delivery) ? Math.min(...runs.map((r) => r.delivery.fraction)) : null,
-      recordsPerRead: runs.some((r) => r.delivery) ? median(runs.map((r) => r.delivery.recordsPerRead)) : null,
-      invalidLines: runs.reduce((n, r) => n + (r.delivery ? r.delivery.invalid : 0), 0),
-      failedRequests: runs.reduce((n, r) => n + r.non2xx + r.errors, 0),
+      delivered: delivered.length ? median(delivered.map((r) => r.delivery.fraction)) : null,
+      minDelivered: delivered.length ? Math.min(...delivered.map((r) => r.delivery.fraction)) : null,
+      recordsPerRead: delivered.length ? median(delivered.map((r) => r.delivery.recordsPerRead)) : null,
+      invalidLines: delivered.reduce((n, r) => n + r.delivery.invalid, 0),
+      failedRequests: runs.reduce((n, r) => n + r.failed, 0),
     });
   }
   const none = byMode.get('none');
   for (const row of byMode.values()) {
     row.cpuRatio = none && none.cpuPerRequest ? row.cpuPerRequest / none.cpuPerRequest : null;
-    row.rpsRatio = none && none.rps ? row.rps / none.rps : null;
-    // Paired per round (same round, adjacent in time): less sensitive to a machine that drifts.
-    row.pairedCpuRatio = none
-      ? median(
-          samples
-            .filter((s) => s.mode === row.mode)
-            .map((s) => {
-              const base = samples.find((b) => b.mode === 'none' && b.round === s.round);
-              return base ? s.cpuPerRequest / base.cpuPerRequest : null;
-            }),
-        )
-      : null;
+    // Paired per segment (same round, adjacent in time): the figure to read on a drifting host.
+    row.pairedCpuRatio = none ? pairedRatio(segments, row.mode, (s) => s.cpuPerRequest) : null;
+    row.pairedRpsRatio = none ? pairedRatio(segments, row.mode, (s) => s.rps) : null;
   }
   return [...byMode.values()];
 }
@@ -142,7 +189,7 @@ function tableRows(summary) {
     ratio(row.cpuRatio),
     ratio(row.pairedCpuRatio),
     Math.round(row.rps).toString(),
-    ratio(row.rpsRatio),
+    ratio(row.pairedRpsRatio),
     row.p99.toFixed(0),
     (row.rss / 2 ** 20).toFixed(0),
     pct(row.delivered),
@@ -155,7 +202,7 @@ const HEADERS = [
   'CPU ×none',
   'CPU ×none paired',
   'req/s',
-  'req/s ×none',
+  'req/s ×none paired',
   'p99 ms',
   'RSS MiB',
   'delivered',
@@ -171,48 +218,57 @@ async function main() {
       `${machine().cpus} CPUs, Node ${process.version}; commit ${source.commit}` +
       (source.libModified ? ' with uncommitted lib/ changes' : ''),
   );
-  const sink = await startSink();
+  const sinks = new Map();
+  for (const mode of config.modes) if (FORMATS[mode]) sinks.set(mode, await startSink());
   const load = await startLoad();
   const samples = [];
+  const segments = [];
   try {
     for (let round = 0; round < config.rounds; round++) {
-      const shift = round % config.modes.length;
-      const order = [...config.modes.slice(shift), ...config.modes.slice(0, shift)];
-      for (const mode of order) {
-        const sample = await measure(mode, round, sink, load);
-        samples.push(sample);
+      const result = await runRound(round, sinks, load);
+      samples.push(...result.samples);
+      segments.push(...result.segments);
+      for (const sample of result.samples) {
         const delivered = sample.delivery
           ? ` delivered ${(sample.delivery.fraction * 100).toFixed(2)} %, ${sample.delivery.recordsPerRead.toFixed(1)} rec/read`
           : '';
+        const paired = pairedRatio(result.segments, sample.mode, (s) => s.cpuPerRequest);
         console.log(
-          `  round ${round + 1} ${mode.padEnd(14)} ${sample.cpuPerRequest.toFixed(1).padStart(6)} µs/req ` +
-            `${Math.round(sample.rps).toString().padStart(6)} req/s p99 ${sample.latency.p99} ms${delivered} ` +
+          `  round ${round + 1} ${sample.mode.padEnd(14)} ${sample.cpuPerRequest.toFixed(1).padStart(6)} µs/req ` +
+            `(${paired === null ? '-' : paired.toFixed(2)}× none) ` +
+            `${Math.round(sample.rps).toString().padStart(6)} req/s p99 ${sample.p99} ms${delivered} ` +
             `(cpu busy: app ${sample.appCpuFraction.toFixed(2)}, autocannon ${sample.loadCpuFraction.toFixed(2)})`,
         );
       }
     }
   } finally {
-    await Promise.all([sink.stop(), load.stop()]);
+    await Promise.all([...[...sinks.values()].map((sink) => sink.stop()), load.stop()]);
   }
 
-  const summary = summarize(samples);
+  const summary = summarize(samples, segments);
   const rows = tableRows(summary);
   const table = formatTable(HEADERS, rows);
   console.log(
-    `\nMedians over ${config.rounds} rounds. ×none: ratio of the medians; paired: median of the ` +
-      `per-round ratios (each mode against none in the same round)\n`,
+    `\nMedians over ${config.rounds} rounds of ${config.segments} interleaved segments. ×none: ratio of ` +
+      `the medians; paired: median of the per-segment ratios (each mode against none in the same ` +
+      `round and segment)\n`,
   );
   console.log(table);
 
   const info = machine();
   const markdown =
     `Measured ${started.toISOString().slice(0, 10)} on ${info.cpus} CPUs (${info.cpuModel}), Node ${info.node}; ` +
-    `${config.rounds} interleaved rounds of ${config.requests} requests after ${config.warmup} warm-up, ` +
-    `${config.connections} connections; medians. "CPU ×none paired" is the median of per-round ratios.\n\n${formatMarkdown(HEADERS, rows)}\n`;
+    `${config.rounds} rounds of ${config.requests} requests in ${config.segments} interleaved segments, after ` +
+    `${config.warmup} warm-up, ${config.connections} connections; medians. "paired" is the median of ` +
+    `per-segment ratios to none.\n\n${formatMarkdown(HEADERS, rows)}\n`;
   writeResult('latest.md', markdown);
   writeResult(
     'latest.json',
-    JSON.stringify({ date: started.toISOString(), machine: info, source, config, summary, samples }, null, 2) + '\n',
+    JSON.stringify(
+      { date: started.toISOString(), machine: info, source, config, summary, samples, segments },
+      null,
+      2,
+    ) + '\n',
   );
   console.log('\nWrote bench/results/latest.json and bench/results/latest.md');
 
