@@ -9,20 +9,12 @@ const path = require('node:path');
 const { RESULTS_DIR, startChild, sleep } = require('./common.js');
 
 const DIST = path.join(__dirname, '..', 'dist');
-const DIST_FILES = [
-  'index.js',
-  'middleware.js',
-  'record.js',
-  'serialize.js',
-  'framing.js',
-  'client.js',
-  'queue.js',
-  'options.js',
-];
+const DIST_FILES = ['index.js', 'middleware.js', 'record.js', 'serialize.js', 'client.js', 'queue.js', 'options.js'];
 
 /** How the sink validates each mode's lines. */
 const FORMATS = {
   none: null,
+  noop: null,
   'express-tcplog': 'json',
   'pino-http': 'json',
   morgan: 'text',

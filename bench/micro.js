@@ -1,6 +1,6 @@
 'use strict';
 /**
- * Micro-benchmark: nanoseconds per record for building and framing one Kong record from a captured
+ * Micro-benchmark: nanoseconds per record for writing one framed Kong record from a captured
  * exchange (the compiled dist/ code, pure functions, no sockets), with its parts beside it to show
  * where the time goes. Median of several batches; run `npm run build` first.
  *
@@ -12,8 +12,7 @@ const { envInt, formatMarkdown, formatTable, machine, median, writeResult } = re
 
 const DIST = path.join(__dirname, '..', 'dist');
 const { buildRecord, parseQuery, headersFromRaw } = require(path.join(DIST, 'record.js'));
-const { serializeRecord } = require(path.join(DIST, 'serialize.js'));
-const { frame } = require(path.join(DIST, 'framing.js'));
+const { serializeRecord, writeRecord } = require(path.join(DIST, 'serialize.js'));
 const { parseOptions } = require(path.join(DIST, 'options.js'));
 
 const ITERATIONS = envInt('MICRO_ITERATIONS', 20_000);
@@ -66,25 +65,24 @@ const exchange = {
 
 const settings = parseOptions({ host: '127.0.0.1', port: 9 }).record;
 const withApi = parseOptions({ host: '127.0.0.1', port: 9, api: { name: 'users' } }).record;
-const line = frame(serializeRecord(exchange, settings), settings.delimiter);
+const line = serializeRecord(exchange, settings) + settings.delimiter;
 const recordObject = JSON.parse(line);
 const built = buildRecord(exchange, settings);
 
 /** Each case returns something whose size is summed, so nothing can be optimized away. */
 const CASES = [
-  ['serializeRecord (whole record)', () => serializeRecord(exchange, settings).length],
-  ['serializeRecord, with api', () => serializeRecord(exchange, withApi).length],
+  ['writeRecord (UTF-8 bytes, framed: what is queued)', () => writeRecord(exchange, settings).length],
+  ['writeRecord, with api', () => writeRecord(exchange, withApi).length],
+  ['serializeRecord (the same as a string)', () => serializeRecord(exchange, settings).length],
+  // The record's definition, as objects then JSON then bytes: what serialize.ts writes directly.
   [
-    'serialize + frame + byteLength',
-    () => Buffer.byteLength(frame(serializeRecord(exchange, settings), settings.delimiter)),
+    'object path: JSON.stringify(buildRecord()) + delimiter, encoded',
+    () => Buffer.byteLength(JSON.stringify(buildRecord(exchange, settings)) + settings.delimiter),
   ],
-  // The record's definition, as objects then JSON: what serialize.ts writes directly.
-  ['object path: JSON.stringify(buildRecord())', () => JSON.stringify(buildRecord(exchange, settings)).length],
   ['  buildRecord (the object, no JSON)', () => Object.keys(buildRecord(exchange, settings)).length],
   ['  JSON.stringify(built record)', () => JSON.stringify(built).length],
   ['  parseQuery(url)', () => Object.keys(parseQuery(URL)).length],
   ['  headersFromRaw(rawHeaders)', () => Object.keys(headersFromRaw(exchange.rawHeaders, settings.redact)).length],
-  ['  frame(json) + byteLength', () => Buffer.byteLength(frame(line, '\r\n'))],
   ['reference: JSON.stringify(same record as plain objects)', () => JSON.stringify(recordObject).length],
 ];
 

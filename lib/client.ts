@@ -15,6 +15,8 @@ import { RecordQueue, type Batch } from './queue.js';
 export interface RecordSink {
   /** Accepts one framed record. Never throws, never waits. */
   push(line: string): void;
+  /** The same, already UTF-8: the first `length` bytes of `data`, copied before it returns. */
+  pushBytes(data: Buffer, length: number): void;
 }
 
 /** Counters of one destination. `records === sent + dropped + buffered` at every moment. */
@@ -107,6 +109,15 @@ export class TcpLogClient implements RecordSink {
 
   push(line: string): void {
     this.#queue.push(line);
+    this.#afterPush();
+  }
+
+  pushBytes(data: Buffer, length: number): void {
+    this.#queue.pushBytes(data, length);
+    this.#afterPush();
+  }
+
+  #afterPush(): void {
     if (this.#closed) {
       // A record finishing after the last instance closed: accounted for, not sent.
       this.#queue.dropWaiting();

@@ -12,11 +12,10 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import type { RecordSink } from './client.js';
-import { frame } from './framing.js';
 import { PACKAGE } from './errors.js';
 import type { Hooks, RecordSettings } from './options.js';
 import type { CapturedExchange, CapturedResponse, CustomValue, Extras } from './record.js';
-import { serializeRecord } from './serialize.js';
+import { writeRecord } from './serialize.js';
 
 /** What Express (4 or 5) adds to a request; Connect and bare `http` have none of it. */
 interface ExpressLikeRequest extends IncomingMessage {
@@ -226,8 +225,8 @@ function buildAndSend(res: TrackedResponse): void {
       if (callHook(instance, 'skip', () => skip(req, res)) === true) return;
     }
     const extras = hooks.consumer !== null || hooks.customFields.length > 0 ? runHooks(instance, req, res) : undefined;
-    const json = serializeRecord(describe(exchange, res), instance.record, extras);
-    instance.sink.push(frame(json, instance.record.delimiter));
+    const { data, length } = writeRecord(describe(exchange, res), instance.record, extras);
+    instance.sink.pushBytes(data, length);
   } catch (err) {
     // An event listener: a throw here would crash the app.
     instance.reportInternal(err);

@@ -84,6 +84,8 @@ export class RecordQueue {
   #records = 0;
   #sent = 0;
   #dropped = 0;
+  /** Records dropped by the last push (older ones, and the new one if it could not stay). */
+  #droppedByPush = 0;
 
   constructor(maxBytes: number) {
     this.maxBytes = maxBytes;
@@ -119,28 +121,43 @@ export class RecordQueue {
    * new one itself if it can never fit. Returns how many records were dropped.
    */
   push(line: string, counted?: number): number {
-    this.#records++;
     const length = Buffer.byteLength(line);
-    const bytes = counted ?? length;
+    const at = this.#admit(length, counted ?? length);
+    if (at !== -1) (this.#ring as Buffer).write(line, at, length, 'utf8');
+    return this.#droppedByPush;
+  }
+
+  /** The same for a record already encoded: the first `length` bytes of `data`, copied. */
+  pushBytes(data: Buffer, length: number): number {
+    const at = this.#admit(length, length);
+    if (at !== -1) data.copy(this.#ring as Buffer, at, 0, length);
+    return this.#droppedByPush;
+  }
+
+  /** Accounts for a new record and reserves its place: the ring offset, or -1 if it is dropped. */
+  #admit(length: number, bytes: number): number {
+    this.#records++;
     if (bytes > this.maxBytes) {
       this.#dropped++;
-      return 1;
+      this.#droppedByPush = 1;
+      return -1;
     }
     const dropped = this.#makeRoom(bytes);
     if (this.#waitingBytes + this.#inFlightBytes + bytes > this.maxBytes) {
       // What is in flight already sits in the socket; it cannot be taken back to make room.
       this.#dropped++;
-      return dropped + 1;
+      this.#droppedByPush = dropped + 1;
+      return -1;
     }
     const at = this.#place(length);
-    (this.#ring as Buffer).write(line, at, length, 'utf8');
     this.#starts.push(at);
     this.#lengths.push(length);
     this.#sizes.push(bytes);
     this.#tail = at + length;
     this.#waitingBytes += bytes;
     this.#waitingLength += length;
-    return dropped;
+    this.#droppedByPush = dropped;
+    return at;
   }
 
   /** Takes the oldest waiting records, up to `maxBytes` (at least one), for one write. */
@@ -160,11 +177,19 @@ export class RecordQueue {
     }
     const ring = this.#ring as Buffer;
     const data = Buffer.allocUnsafe(length);
+    // Records placed one after the other (the usual case) are copied as one run.
     let offset = 0;
+    let runFrom = this.#starts[start] as number;
+    let runTo = runFrom;
     for (let i = start; i < stop; i++) {
       const from = this.#starts[i] as number;
-      offset += ring.copy(data, offset, from, from + (this.#lengths[i] as number));
+      if (from !== runTo) {
+        offset += ring.copy(data, offset, runFrom, runTo);
+        runFrom = from;
+      }
+      runTo = from + (this.#lengths[i] as number);
     }
+    ring.copy(data, offset, runFrom, runTo);
     const batch = new Batch(data, this.#sizes.slice(start, stop), this.#lengths.slice(start, stop), bytes);
     this.#head = stop;
     this.#compact();

@@ -1,11 +1,13 @@
 /**
- * A captured exchange -> the record's JSON text, written directly. Pure.
+ * A captured exchange -> the record as UTF-8 bytes, written straight into one reused buffer.
  *
- * The output is byte for byte `JSON.stringify(buildRecord(...))` (a spec checks it on hostile
- * input): building the record as objects and then stringifying them cost about twice as much,
- * most of it in short-lived objects the garbage collector then had to sweep. Each part has a fast
- * path for what requests nearly always are (distinct header names, printable ASCII) and hands
- * everything else to record.ts, which stays the one definition of the record.
+ * The output is byte for byte `JSON.stringify(buildRecord(...))` (every record spec checks it,
+ * and so do thousands of generated hostile exchanges). Building the record as objects, then as a
+ * string, then encoding that string cost about three times as much, most of it in short-lived
+ * objects and strings the garbage collector then had to sweep: this writes ASCII a character at
+ * a time and allocates nothing on the usual path. Each part has a fast path for what requests
+ * nearly always are (distinct header names, printable ASCII, plain query pairs) and hands
+ * anything else to record.ts, which stays the one definition of the record.
  */
 import type { RecordSettings } from './options.js';
 import {
@@ -21,155 +23,411 @@ import {
   type Extras,
 } from './record.js';
 
-/** Characters JSON.stringify would escape (and lone surrogates, which it writes as \u escapes). */
-// eslint-disable-next-line no-control-regex -- control characters are exactly what it looks for
-const NEEDS_ESCAPE = /["\\\u0000-\u001f\ud800-\udfff]/;
-/** Header text that is printable ASCII without `"` and `\`: written as is. Else see headerText. */
-const NOT_PLAIN_HEADER = /[^\x20\x21\x23-\x5b\x5d-\x7e]/;
+const QUOTE = 0x22;
+const BACKSLASH = 0x5c;
+const COLON = 0x3a;
+const COMMA = 0x2c;
+const SPACE = 0x20;
 /**
- * Above this many fields, the duplicate check (quadratic, to avoid allocating a Set) gives way to
- * the object path: a hostile request may carry thousands of headers.
+ * Above this many fields in a section, the duplicate check (quadratic, so that it allocates
+ * nothing) gives way to the object path: a hostile request may carry thousands of headers.
  */
 const MAX_FAST_FIELDS = 32;
-const REDACTED = '"REDACTED"';
 
+/** The record being written; grown when a record does not fit, and kept. */
+let out = Buffer.allocUnsafe(16 * 1024);
+let pos = 0;
+
+/**
+ * Writes the record and its delimiter into the shared buffer; returns the buffer and the length.
+ * The bytes stay valid until the next call: the caller copies them (the queue does) at once.
+ */
+export function writeRecord(
+  exchange: CapturedExchange,
+  settings: RecordSettings,
+  extras?: Extras,
+): { readonly data: Buffer; readonly length: number } {
+  pos = 0;
+  record(exchange, settings, extras);
+  ascii(settings.delimiter);
+  return { data: out, length: pos };
+}
+
+/** The record as JSON text, without the delimiter (specs and tools; the middleware writes bytes). */
 export function serializeRecord(exchange: CapturedExchange, settings: RecordSettings, extras?: Extras): string {
+  pos = 0;
+  record(exchange, settings, extras);
+  return out.toString('utf8', 0, pos);
+}
+
+function record(exchange: CapturedExchange, settings: RecordSettings, extras: Extras | undefined): void {
   // A custom field may replace or remove any part of the record: that takes the object form.
   if (extras?.custom !== undefined && extras.custom.length > 0) {
-    return JSON.stringify(buildRecord(exchange, settings, extras));
+    text(JSON.stringify(buildRecord(exchange, settings, extras)));
+    return;
   }
   const { url, response } = exchange;
-  let out = '{"request":{';
-  if (exchange.requestId !== undefined) out += `"id":${string(exchange.requestId)},`;
-  out +=
-    `"method":${string(exchange.method)},"uri":${string(url)},` +
-    `"request_uri":${string(`${exchange.scheme}://${exchange.host}${url}`)},` +
-    `"size":${number(requestHeadBytes(exchange) + exchange.requestBodyBytes)},` +
-    `"querystring":${queryJson(url)},"headers":${requestHeadersJson(exchange.rawHeaders, settings.redact)}},` +
-    '"response":{';
-  if (response !== null) out += `"status":${number(response.status)},`;
-  out +=
-    `"size":${number(exchange.responseBytes)},"headers":${responseHeadersJson(response, settings.redact)}},` +
-    `"latencies":{"request":${number(Math.round(exchange.finishedAt - exchange.arrivedAt))}`;
-  if (exchange.headersAt !== null) out += `,"proxy":${number(Math.round(exchange.headersAt - exchange.arrivedAt))}`;
-  out += '}';
-  if (settings.apiJson !== null) out += `,"api":${settings.apiJson}`;
+  ascii('{"request":{');
+  if (exchange.requestId !== undefined) {
+    ascii('"id":');
+    string(exchange.requestId);
+    byte(COMMA);
+  }
+  ascii('"method":');
+  string(exchange.method);
+  ascii(',"uri":');
+  string(url);
+  ascii(',"request_uri":');
+  string(`${exchange.scheme}://${exchange.host}${url}`);
+  ascii(',"size":');
+  number(requestHeadBytes(exchange) + exchange.requestBodyBytes);
+  ascii(',"querystring":');
+  query(url);
+  ascii(',"headers":');
+  requestHeaders(exchange.rawHeaders, settings.redact);
+  ascii('},"response":{');
+  if (response !== null) {
+    ascii('"status":');
+    number(response.status);
+    byte(COMMA);
+  }
+  ascii('"size":');
+  number(exchange.responseBytes);
+  ascii(',"headers":');
+  responseHeadersPart(response, settings.redact);
+  ascii('},"latencies":{"request":');
+  number(Math.round(exchange.finishedAt - exchange.arrivedAt));
+  if (exchange.headersAt !== null) {
+    ascii(',"proxy":');
+    number(Math.round(exchange.headersAt - exchange.arrivedAt));
+  }
+  byte(0x7d);
+  if (settings.apiJson !== null) {
+    ascii(',"api":');
+    text(settings.apiJson);
+  }
   if (exchange.route !== null) {
-    out += `,"route":{"path":${string(exchange.route.path)},"base_url":${string(exchange.route.baseUrl)}}`;
+    ascii(',"route":{"path":');
+    string(exchange.route.path);
+    ascii(',"base_url":');
+    string(exchange.route.baseUrl);
+    byte(0x7d);
   }
   if (extras?.consumer !== undefined) {
     // Checked by the middleware to serialize; a toJSON() returning undefined leaves it out, as
     // JSON.stringify does with any property.
     const consumer = JSON.stringify(extras.consumer) as string | undefined;
-    if (consumer !== undefined) out += `,"consumer":${consumer}`;
+    if (consumer !== undefined) {
+      ascii(',"consumer":');
+      text(consumer);
+    }
   }
-  out += `,"started_at":${number(exchange.startedAt)}`;
-  if (exchange.clientIp !== undefined) out += `,"client_ip":${string(normalizeIp(exchange.clientIp))}`;
-  return `${out}}`;
+  ascii(',"started_at":');
+  number(exchange.startedAt);
+  if (exchange.clientIp !== undefined) {
+    ascii(',"client_ip":');
+    string(normalizeIp(exchange.clientIp));
+  }
+  byte(0x7d);
 }
 
-function string(value: string): string {
-  return NEEDS_ESCAPE.test(value) ? JSON.stringify(value) : `"${value}"`;
+// --- Output --------------------------------------------------------------------------------
+
+function reserve(bytes: number): void {
+  if (pos + bytes <= out.length) return;
+  const grown = Buffer.allocUnsafe(Math.max(out.length * 2, pos + bytes));
+  out.copy(grown, 0, 0, pos);
+  out = grown;
 }
 
-function number(value: number): string {
-  if (typeof value === 'number') return Number.isFinite(value) ? String(value) : 'null';
-  // Typed a number, but an app can assign anything to res.statusCode.
-  return JSON.stringify(value) ?? 'null';
+function byte(value: number): void {
+  reserve(1);
+  out[pos++] = value;
 }
 
-/** A header value as Node decoded it (latin1): see headerText for non-ASCII bytes. */
-function headerValue(value: string): string {
-  return NOT_PLAIN_HEADER.test(value) ? JSON.stringify(headerText(value)) : `"${value}"`;
+/** Text known to be ASCII (constants, the delimiter). */
+function ascii(value: string): void {
+  reserve(value.length);
+  // Locals in the loops: `out` and `pos` are module state, slower to reach on every character.
+  const buffer = out;
+  let at = pos;
+  for (let i = 0; i < value.length; i++) buffer[at++] = value.charCodeAt(i);
+  pos = at;
+}
+
+/** Any text, already JSON (api, consumer, the object path's output): UTF-8 encoded. */
+function text(value: string): void {
+  reserve(value.length * 3);
+  pos += out.write(value, pos, 'utf8');
 }
 
 /**
- * JSON.stringify lists keys that look like array indexes first, in numeric order: a name that
- * starts with a digit takes the object path, which gets that order right.
+ * Copies `value[from, to)` as the inside of a JSON string if it needs neither escapes nor UTF-8
+ * encoding (printable ASCII without `"` and `\`), and says whether it did. On false, nothing
+ * written stays: the caller takes the general path.
  */
-function startsWithDigit(name: string): boolean {
-  const code = name.charCodeAt(0);
-  return code >= 48 && code <= 57;
+function plain(value: string, from: number, to: number): boolean {
+  reserve(to - from);
+  const buffer = out;
+  let at = pos;
+  for (let i = from; i < to; i++) {
+    const c = value.charCodeAt(i);
+    // 0x7f needs no escape and is one byte in UTF-8, as JSON.stringify leaves it.
+    if (c < SPACE || c === QUOTE || c === BACKSLASH || c > 0x7f) return false;
+    buffer[at++] = c;
+  }
+  pos = at;
+  return true;
 }
 
-/** Whether `names[index]` already came before it. */
-function seenBefore(names: readonly string[], index: number): boolean {
-  const name = names[index];
-  for (let i = 0; i < index; i++) if (names[i] === name) return true;
+/** `"value"` if `value[from, to)` is plain (see plain()); false, having written nothing, if not. */
+function quoted(value: string, from: number, to: number): boolean {
+  reserve(to - from + 2);
+  const start = pos;
+  out[pos++] = QUOTE;
+  if (!plain(value, from, to)) {
+    pos = start;
+    return false;
+  }
+  out[pos++] = QUOTE;
+  return true;
+}
+
+/** A JSON string, as JSON.stringify writes it. */
+function string(value: string): void {
+  if (!quoted(value, 0, value.length)) text(JSON.stringify(value));
+}
+
+/** A header value as Node decoded it (latin1): see headerText for bytes beyond ASCII. */
+function headerValue(value: string): void {
+  // A tab is legal in a header value, and JSON.stringify escapes it: the general path.
+  if (!quoted(value, 0, value.length)) text(JSON.stringify(headerText(value)));
+}
+
+function number(value: number): void {
+  if (typeof value !== 'number') {
+    // Typed a number, but an app can assign anything to res.statusCode.
+    text(JSON.stringify(value) ?? 'null');
+  } else if (Number.isSafeInteger(value) && value >= 0) {
+    // Digits, most significant first, without making a string.
+    let digits = 1;
+    for (let rest = value; rest >= 10; rest = Math.floor(rest / 10)) digits++;
+    reserve(digits);
+    let rest = value;
+    for (let i = pos + digits - 1; i >= pos; i--) {
+      out[i] = 0x30 + (rest % 10);
+      rest = Math.floor(rest / 10);
+    }
+    pos += digits;
+  } else {
+    ascii(Number.isFinite(value) ? String(value) : 'null');
+  }
+}
+
+// --- Sections ------------------------------------------------------------------------------
+
+/**
+ * Where the names of the section being written are: offsets into its source text, for the
+ * duplicate check. Reused, like `out`.
+ */
+const nameStarts = new Int32Array(MAX_FAST_FIELDS);
+const nameEnds = new Int32Array(MAX_FAST_FIELDS);
+
+/** Header names a redact set holds, as an array to compare against without making strings. */
+const redactLists = new WeakMap<ReadonlySet<string>, readonly string[]>();
+
+function redactList(redact: ReadonlySet<string> | null): readonly string[] | null {
+  if (redact === null) return null;
+  let list = redactLists.get(redact);
+  if (list === undefined) {
+    list = [...redact];
+    redactLists.set(redact, list);
+  }
+  return list;
+}
+
+/** ASCII lower case of a character code. */
+function lower(c: number): number {
+  return c >= 0x41 && c <= 0x5a ? c + 0x20 : c;
+}
+
+/** Whether `a[aFrom, aTo)` and `b[bFrom, ...)` are the same name, ignoring ASCII case. */
+function sameName(a: string, aFrom: number, aTo: number, b: string, bFrom: number, bTo: number): boolean {
+  if (aTo - aFrom !== bTo - bFrom) return false;
+  for (let i = 0; i < aTo - aFrom; i++) {
+    if (lower(a.charCodeAt(aFrom + i)) !== lower(b.charCodeAt(bFrom + i))) return false;
+  }
+  return true;
+}
+
+/**
+ * Writes `"name":` for `source[from, to)` lower-cased, if the fast path can: a token of printable
+ * ASCII, not led by a digit (JSON.stringify puts index-like keys first), not a repeat of an
+ * earlier name of the section (the object path makes repeats arrays), within MAX_FAST_FIELDS.
+ * Returns false, having written nothing, when it cannot.
+ */
+function fieldName(
+  source: string,
+  from: number,
+  to: number,
+  index: number,
+  sources: readonly string[] | null,
+): boolean {
+  if (index >= MAX_FAST_FIELDS || to <= from) return false;
+  const first = source.charCodeAt(from);
+  if (first >= 0x30 && first <= 0x39) return false;
+  for (let i = 0; i < index; i++) {
+    const other = sources === null ? source : (sources[2 * i] as string);
+    if (sameName(source, from, to, other, nameStarts[i] as number, nameEnds[i] as number)) return false;
+  }
+  reserve(to - from + 3);
+  const buffer = out;
+  let at = pos;
+  buffer[at++] = QUOTE;
+  for (let i = from; i < to; i++) {
+    const c = source.charCodeAt(i);
+    // Beyond ASCII, toLowerCase() is Unicode's, not ours: the object path.
+    if (c <= SPACE || c === QUOTE || c === BACKSLASH || c > 0x7e) return false;
+    buffer[at++] = lower(c);
+  }
+  buffer[at++] = QUOTE;
+  buffer[at++] = COLON;
+  pos = at;
+  nameStarts[index] = from;
+  nameEnds[index] = to;
+  return true;
+}
+
+/** Whether the name at `source[from, to)` is one to redact. */
+function redacted(list: readonly string[] | null, source: string, from: number, to: number): boolean {
+  if (list === null) return false;
+  for (const name of list) if (sameName(source, from, to, name, 0, name.length)) return true;
   return false;
 }
 
-function requestHeadersJson(raw: readonly string[], redact: ReadonlySet<string> | null): string {
-  const count = raw.length >> 1;
-  if (count > MAX_FAST_FIELDS) return JSON.stringify(headersFromRaw(raw, redact));
-  const names: string[] = new Array<string>(count);
-  for (let i = 0; i < count; i++) {
-    const name = (raw[2 * i] as string).toLowerCase();
-    names[i] = name;
-    // Repeated names become arrays (and a redacted one a single value): the object path.
-    if (startsWithDigit(name) || seenBefore(names, i)) return JSON.stringify(headersFromRaw(raw, redact));
+function requestHeaders(raw: readonly string[], redact: ReadonlySet<string> | null): void {
+  const list = redactList(redact);
+  const start = pos;
+  byte(0x7b);
+  for (let i = 0, index = 0; i + 1 < raw.length; i += 2, index++) {
+    const name = raw[i] as string;
+    if (index > 0) byte(COMMA);
+    if (!fieldName(name, 0, name.length, index, raw)) {
+      pos = start;
+      text(JSON.stringify(headersFromRaw(raw, redact)));
+      return;
+    }
+    if (redacted(list, name, 0, name.length)) ascii('"REDACTED"');
+    else headerValue(raw[i + 1] as string);
   }
-  let out = '{';
-  for (let i = 0; i < count; i++) {
-    const name = names[i] as string;
-    if (i > 0) out += ',';
-    out += `${string(name)}:${redact?.has(name) ? REDACTED : headerValue(raw[2 * i + 1] as string)}`;
-  }
-  return `${out}}`;
+  byte(0x7d);
 }
 
-function responseHeadersJson(response: CapturedResponse | null, redact: ReadonlySet<string> | null): string {
-  if (response === null) return '{}';
+function responseHeadersPart(response: CapturedResponse | null, redact: ReadonlySet<string> | null): void {
+  if (response === null) {
+    ascii('{}');
+    return;
+  }
   const head = response.head;
-  if (head === null) return JSON.stringify(responseHeaders(response, redact));
+  if (head === null) {
+    text(JSON.stringify(responseHeaders(response, redact)));
+    return;
+  }
+  const list = redactList(redact);
+  const start = pos;
+  byte(0x7b);
   // "HTTP/1.1 200 OK\r\nName: value\r\n...\r\n\r\n": the status line, then one header per line.
-  const names: string[] = [];
-  const values: string[] = [];
   let at = head.indexOf('\r\n') + 2;
+  let index = 0;
   while (at > 1 && at < head.length) {
     let end = head.indexOf('\r\n', at);
     if (end === -1) end = head.length;
     const colon = head.indexOf(':', at);
     if (colon > at && colon < end) {
-      const name = head.slice(at, colon).toLowerCase();
-      names.push(name);
-      if (names.length > MAX_FAST_FIELDS || startsWithDigit(name) || seenBefore(names, names.length - 1)) {
-        return JSON.stringify(responseHeaders(response, redact));
+      if (index > 0) byte(COMMA);
+      if (!fieldName(head, at, colon, index, null)) {
+        pos = start;
+        text(JSON.stringify(responseHeaders(response, redact)));
+        return;
       }
-      values.push(redact?.has(name) ? REDACTED : headerValue(head.slice(colon + 1, end).trim()));
+      if (redacted(list, head, at, colon)) ascii('"REDACTED"');
+      else headLineValue(head, colon + 1, end);
+      index++;
     }
     at = end + 2;
   }
-  let out = '{';
-  for (let i = 0; i < names.length; i++) {
-    if (i > 0) out += ',';
-    out += `${string(names[i] as string)}:${values[i] as string}`;
-  }
-  return `${out}}`;
+  byte(0x7d);
 }
 
-function queryJson(url: string): string {
-  const start = url.indexOf('?');
-  if (start === -1) return '{}';
-  // A '#' before the '?' leaves this empty: no query.
-  const hash = url.indexOf('#');
-  const search = url.slice(start + 1, hash === -1 ? url.length : hash);
-  if (search.length === 0) return '{}';
-  // Plain pairs only: escapes, '+', flags without '=', repeats and digit keys take the object path.
-  if (search.includes('%') || search.includes('+')) return JSON.stringify(parseQuery(url));
-  const parts = search.split('&');
-  if (parts.length > MAX_FAST_FIELDS) return JSON.stringify(parseQuery(url));
-  const keys: string[] = [];
-  let out = '{';
-  for (const part of parts) {
-    if (part.length === 0) continue;
-    const eq = part.indexOf('=');
-    if (eq === -1) return JSON.stringify(parseQuery(url));
-    const key = part.slice(0, eq);
-    keys.push(key);
-    if (startsWithDigit(key) || seenBefore(keys, keys.length - 1)) return JSON.stringify(parseQuery(url));
-    if (keys.length > 1) out += ',';
-    out += `${string(key)}:${string(part.slice(eq + 1))}`;
+/** The value of a response head line, trimmed as String#trim would. */
+function headLineValue(head: string, from: number, to: number): void {
+  let first = from;
+  let last = to;
+  while (first < last && head.charCodeAt(first) === SPACE) first++;
+  while (last > first && head.charCodeAt(last - 1) === SPACE) last--;
+  // Tabs and anything beyond ASCII at either end are for String#trim and headerText to judge.
+  if (!quoted(head, first, last)) text(JSON.stringify(headerText(head.slice(from, to).trim())));
+}
+
+function query(url: string): void {
+  const mark = url.indexOf('?');
+  if (mark === -1) {
+    ascii('{}');
+    return;
   }
-  return `${out}}`;
+  // A '#' before the '?' leaves the query empty.
+  const hash = url.indexOf('#');
+  const end = hash === -1 ? url.length : Math.max(hash, mark + 1);
+  const start = pos;
+  byte(0x7b);
+  let index = 0;
+  for (let at = mark + 1; at < end;) {
+    let stop = url.indexOf('&', at);
+    if (stop === -1 || stop > end) stop = end;
+    if (stop > at) {
+      const eq = url.indexOf('=', at);
+      if (index > 0) byte(COMMA);
+      // Plain pairs only: flags (no '='), escapes and '+' (decoded), repeats, digit-led keys and
+      // anything needing an escape take the object path.
+      if (eq === -1 || eq >= stop || !queryKey(url, at, eq, index) || !queryText(url, eq + 1, stop)) {
+        pos = start;
+        text(JSON.stringify(parseQuery(url)));
+        return;
+      }
+      index++;
+    }
+    at = stop + 1;
+  }
+  byte(0x7d);
+}
+
+function queryKey(url: string, from: number, to: number, index: number): boolean {
+  if (index >= MAX_FAST_FIELDS) return false;
+  const first = url.charCodeAt(from);
+  if (first >= 0x30 && first <= 0x39) return false;
+  for (let i = 0; i < index; i++) {
+    const start = nameStarts[i] as number;
+    const end = nameEnds[i] as number;
+    if (end - start === to - from && sameText(url, from, start, to - from)) return false;
+  }
+  if (!queryText(url, from, to)) return false;
+  byte(COLON);
+  nameStarts[index] = from;
+  nameEnds[index] = to;
+  return true;
+}
+
+/** Whether `text[a, a + length)` and `text[b, b + length)` are equal. */
+function sameText(text: string, a: number, b: number, length: number): boolean {
+  for (let i = 0; i < length; i++) if (text.charCodeAt(a + i) !== text.charCodeAt(b + i)) return false;
+  return true;
+}
+
+/** Query text that decoding leaves as it is (no '%', no '+'), quoted; false if it is not. */
+function queryText(url: string, from: number, to: number): boolean {
+  for (let i = from; i < to; i++) {
+    const c = url.charCodeAt(i);
+    if (c === 0x25 || c === 0x2b) return false;
+  }
+  return quoted(url, from, to);
 }

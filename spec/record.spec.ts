@@ -7,8 +7,7 @@ import { describe, it } from 'node:test';
 import assert from 'node:assert/strict';
 import { buildRecord, headersFromRaw, normalizeIp, parseQuery } from '../lib/record.js';
 import type { CapturedExchange, CapturedResponse, Extras } from '../lib/record.js';
-import { serializeRecord as writeRecord } from '../lib/serialize.js';
-import { frame } from '../lib/framing.js';
+import { serializeRecord as serialize, writeRecord } from '../lib/serialize.js';
 import { parseOptions } from '../lib/options.js';
 import type { RecordSettings } from '../lib/options.js';
 
@@ -31,11 +30,17 @@ const NO_REDACT: RecordSettings = { delimiter: '\n', redact: null, api: null, ap
  * definition (record.ts), so each case here is also a case of "the fast path changes nothing".
  */
 function serializeRecord(ex: CapturedExchange, settings: RecordSettings, extras?: Extras): string {
-  const json = writeRecord(ex, settings, extras);
+  const json = serialize(ex, settings, extras);
   assert.equal(
     json,
     JSON.stringify(buildRecord(ex, settings, extras)),
     'serialize.ts must write what record.ts builds',
+  );
+  const { data, length } = writeRecord(ex, settings, extras);
+  assert.equal(
+    data.toString('utf8', 0, length),
+    json + settings.delimiter,
+    'on the wire: the record, then the delimiter',
   );
   return json;
 }
@@ -89,7 +94,7 @@ function assertOneLine(json: string): void {
   assert.equal(Buffer.from(json, 'utf8').toString('utf8'), json, 'the record must be valid UTF-8 on the wire');
   const parsed: unknown = JSON.parse(json);
   assert.ok(parsed !== null && typeof parsed === 'object' && !Array.isArray(parsed));
-  const framed = frame(json, '\r\n');
+  const framed = `${json}\r\n`;
   assert.equal(framed.split('\n').length, 2, 'one record, one line');
 }
 
@@ -267,10 +272,12 @@ describe('serializeRecord', () => {
     assert.deepEqual(Object.keys(parsed).slice(0, 4), ['request', 'response', 'latencies', 'api']);
   });
 
-  it('the delimiter is added by frame(), once', () => {
-    const json = serializeRecord(exchange(), SETTINGS);
-    assert.equal(frame(json, '\r\n'), `${json}\r\n`);
-    assert.equal(frame(json, '\n'), `${json}\n`);
+  it('the delimiter follows the record on the wire, once', () => {
+    for (const settings of [SETTINGS, NO_REDACT]) {
+      const json = serializeRecord(exchange(), settings);
+      const { data, length } = writeRecord(exchange(), settings);
+      assert.equal(data.toString('utf8', 0, length), `${json}${settings.delimiter}`);
+    }
   });
 });
 
@@ -691,6 +698,21 @@ describe('serialize.ts writes exactly what record.ts builds', () => {
     DEFAULT_REDACT,
     { ...NO_REDACT, api: { name: 'users', n: 1 }, apiJson: '{"name":"users","n":1}' },
   ];
+
+  it('a repeat after the first 32 names, in headers and in the query', () => {
+    const raw: string[] = [];
+    for (let i = 0; i < 40; i++) raw.push(`X-H${i}`, `v${i}`);
+    raw.push('x-h35', 'again');
+    const head = `HTTP/1.1 200 OK\r\n${raw.map((v, i) => (i % 2 === 0 ? `${v}: ` : `${v}\r\n`)).join('')}\r\n`;
+    const url = `/p?${Array.from({ length: 40 }, (_, i) => `k${i}=${i}`).join('&')}&k35=again`;
+    const parsed = record(
+      exchange({ rawHeaders: raw, url, response: { status: 200, head, headers: null } }),
+      NO_REDACT,
+    );
+    assert.deepEqual(parsed['request'].headers['x-h35'], ['v35', 'again']);
+    assert.deepEqual(parsed['response'].headers['x-h35'], ['v35', 'again']);
+    assert.deepEqual(parsed['request'].querystring['k35'], ['35', 'again']);
+  });
 
   it('on 3000 generated exchanges (repeats, digit names, escapes, non-ASCII bytes, lone surrogates)', () => {
     for (let n = 0; n < 3000; n++) {
