@@ -10,17 +10,27 @@
  *   morgan          morgan('combined') writing to a net.Socket
  *   naive           on 'finish', one socket.write(JSON.stringify(record) + '\r\n') per request
  *   naive-batched   the same record, writes coalesced once per event-loop turn (opt-in mode)
+ *   noop            a middleware that only calls next(): what any middleware costs (opt-in mode)
  */
 const net = require('node:net');
 const express = require('express');
 const { serve } = require('./common.js');
 
-const MODES = ['none', 'express-tcplog', 'express-tcplog-baseline', 'pino-http', 'morgan', 'naive', 'naive-batched'];
+const MODES = [
+  'none',
+  'noop',
+  'express-tcplog',
+  'express-tcplog-baseline',
+  'pino-http',
+  'morgan',
+  'naive',
+  'naive-batched',
+];
 const mode = process.env.BENCH_MODE || 'none';
 const sinkPort = Number(process.env.BENCH_SINK_PORT);
 const SINK_HOST = '127.0.0.1';
 if (!MODES.includes(mode)) throw new Error(`BENCH_MODE must be one of ${MODES.join(', ')}; got ${mode}`);
-if (mode !== 'none' && !(sinkPort > 0)) throw new Error('BENCH_SINK_PORT is required');
+if (mode !== 'none' && mode !== 'noop' && !(sinkPort > 0)) throw new Error('BENCH_SINK_PORT is required');
 
 /** What the logger needs done at the end, and its counters when it has some. */
 const logger = { stats: null, close: async () => {}, ready: Promise.resolve() };
@@ -88,6 +98,11 @@ function naiveLogger(socket, batched) {
 function addLogger(app) {
   switch (mode) {
     case 'none':
+      return;
+    case 'noop':
+      app.use(function noop(req, res, next) {
+        next();
+      });
       return;
     case 'express-tcplog':
     case 'express-tcplog-baseline': {
