@@ -52,6 +52,11 @@ describe('record fields over a real Express 5 app', () => {
     app.get('/slow', (_req, res) => {
       setTimeout(() => res.send('slow'), 300);
     });
+    app.get('/head-then-wait', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('head and a first part\n');
+      setTimeout(() => res.end('the rest\n'), 300);
+    });
     app.get('/hang-after-head', (req, res) => {
       res.writeHead(200, { 'content-type': 'text/plain' });
       res.write('first part\n');
@@ -261,6 +266,14 @@ describe('record fields over a real Express 5 app', () => {
     assert.ok(total + 1 >= proxy, `request ${total} + 1 >= proxy ${proxy}`);
   });
 
+  it('latencies.proxy is when the head went out, not when the response ended', async () => {
+    await request(http.port, '/head-then-wait');
+    const record = await nextRecord('/head-then-wait');
+    const { request: total, proxy } = record['latencies'] as { request: number; proxy: number };
+    assert.ok(total >= 250, `request ${total} covers the wait`);
+    assert.ok(proxy < 150, `proxy ${proxy} is the head's time`);
+  });
+
   it('route and base_url come from the matched Express route', async () => {
     await request(http.port, '/users/42');
     const record = await nextRecord('/users/42');
@@ -341,3 +354,61 @@ class ResponseReader {
     }
   }
 }
+
+describe('the head time when something else wraps res.writeHead', () => {
+  let receiver: LineServer;
+  let http: Listening;
+  let mw: tcplog.Middleware;
+  const wrapperCalls: string[] = [];
+
+  before(async () => {
+    receiver = await startLineServer();
+    mw = tcplog({ host: '127.0.0.1', port: receiver.port });
+    const app = express();
+    // Before the logger, as on-headers does it: an own writeHead on each response.
+    app.use(function wrapBefore(req, res, next) {
+      // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to the response below
+      const original = res.writeHead;
+      res.writeHead = function wrappedBefore(this: typeof res, ...args: unknown[]) {
+        wrapperCalls.push(`before ${req.url}`);
+        return Reflect.apply(original, this, args) as typeof res;
+      } as typeof res.writeHead;
+      next();
+    });
+    app.use(mw);
+    // And after it, the same way.
+    app.use(function wrapAfter(req, res, next) {
+      // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to the response below
+      const original = res.writeHead;
+      res.writeHead = function wrappedAfter(this: typeof res, ...args: unknown[]) {
+        wrapperCalls.push(`after ${req.url}`);
+        return Reflect.apply(original, this, args) as typeof res;
+      } as typeof res.writeHead;
+      next();
+    });
+    app.get('/head-then-wait', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('head\n');
+      setTimeout(() => res.end('rest\n'), 300);
+    });
+    http = await listen(app);
+  });
+
+  after(async () => {
+    await http.close();
+    await mw.close();
+    await receiver.close();
+  });
+
+  it('times the head once, and every wrapper still runs once, in order', async () => {
+    const reply = await request(http.port, '/head-then-wait');
+    assert.equal(reply.status, 200);
+    assert.equal(reply.body.toString(), 'head\nrest\n');
+    await receiver.waitForLines(1);
+    const record = JSON.parse(receiver.lines[0] ?? '') as Json;
+    assert.ok(record['latencies'].request >= 250, JSON.stringify(record['latencies']));
+    assert.ok(record['latencies'].proxy < 150, JSON.stringify(record['latencies']));
+    assert.deepEqual(wrapperCalls, ['after /head-then-wait', 'before /head-then-wait']);
+    assert.ok(invariant(mw.stats()));
+  });
+});
