@@ -7,15 +7,18 @@
  * lower its byte count on dequeue, and a drained queue then hung).
  *
  * Waiting records are copied, as UTF-8, into one ring buffer outside the JavaScript heap, which
- * grows up to `maxBytes` and is then reused. While a collector is down and the oldest records are
- * being dropped, they would otherwise pile up as garbage in V8's old generation, and the process
- * would grow far past the bound before a full collection (seen: +111 MiB for a 16 MiB bound).
+ * grows up to `maxBytes`, is reused while a backlog lasts and is let go once it drains. While a
+ * collector is down and the oldest records are being dropped, they would otherwise pile up as
+ * garbage in V8's old generation, and the process would grow far past the bound before a full
+ * collection (seen: +111 MiB for a 16 MiB bound).
  */
 
 /** Records taken for one `write()`: their bytes, copied out of the ring. */
 export class Batch {
-  /** The records' bytes, one after the other. */
+  /** The records' bytes, one after the other. Valid until the batch is settled. */
   readonly data: Buffer;
+  /** The queue's reusable memory under `data`, or null (a one-off buffer, or given back). */
+  backing: Buffer | null = null;
   /** Bytes each record counts for (what `push()` was told). */
   readonly sizes: readonly number[];
   /** Bytes each record takes in `data`. */
@@ -65,6 +68,16 @@ export interface QueueCounts {
 
 /** The ring starts small and doubles up to `maxBytes`: an idle app does not pay for the bound. */
 const INITIAL_RING_BYTES = 64 * 1024;
+/** A ring at least this large is released when it empties (see #compact). */
+const RELEASED_RING_BYTES = 1024 * 1024;
+/**
+ * Batches up to this size are copied into buffers the queue keeps and reuses once the batch is
+ * settled: no allocation per write, and no churn in the allocator, which after an outage kept
+ * RSS megabytes above what the backlog needed while it was being sent.
+ */
+const POOLED_BATCH_BYTES = 64 * 1024;
+/** Batches in flight at once, in practice: the socket asks to wait for 'drain' after one or two. */
+const MAX_SPARE_BATCHES = 4;
 
 export class RecordQueue {
   readonly maxBytes: number;
@@ -84,11 +97,18 @@ export class RecordQueue {
   #records = 0;
   #sent = 0;
   #dropped = 0;
+  /** Buffers of settled batches, for the next take(). */
+  readonly #spare: Buffer[] = [];
   /** Records dropped by the last push (older ones, and the new one if it could not stay). */
   #droppedByPush = 0;
 
   constructor(maxBytes: number) {
     this.maxBytes = maxBytes;
+  }
+
+  /** Bytes the ring holds outside the heap (its size, not what is in it). */
+  get ringBytes(): number {
+    return this.#ring?.length ?? 0;
   }
 
   /** Records waiting to be taken (not in flight). */
@@ -176,7 +196,9 @@ export class RecordQueue {
       stop++;
     }
     const ring = this.#ring as Buffer;
-    const data = Buffer.allocUnsafe(length);
+    const backing =
+      length <= POOLED_BATCH_BYTES ? (this.#spare.pop() ?? Buffer.allocUnsafeSlow(POOLED_BATCH_BYTES)) : null;
+    const data = backing === null ? Buffer.allocUnsafe(length) : backing.subarray(0, length);
     // Records placed one after the other (the usual case) are copied as one run.
     let offset = 0;
     let runFrom = this.#starts[start] as number;
@@ -191,6 +213,7 @@ export class RecordQueue {
     }
     ring.copy(data, offset, runFrom, runTo);
     const batch = new Batch(data, this.#sizes.slice(start, stop), this.#lengths.slice(start, stop), bytes);
+    batch.backing = backing;
     this.#head = stop;
     this.#compact();
     this.#waitingBytes -= bytes;
@@ -204,6 +227,7 @@ export class RecordQueue {
   sent(batch: Batch): void {
     this.#leaveFlight(batch);
     this.#sent += batch.count;
+    this.#release(batch);
   }
 
   /**
@@ -241,6 +265,7 @@ export class RecordQueue {
     this.#head = 0;
     this.#waitingBytes += batch.bytes;
     this.#waitingLength = offset;
+    this.#release(batch);
   }
 
   /** Gives up every waiting record (close timed out). Returns how many. */
@@ -261,6 +286,14 @@ export class RecordQueue {
   dropInFlight(batch: Batch): void {
     this.#leaveFlight(batch);
     this.#dropped += batch.count;
+    this.#release(batch);
+  }
+
+  /** A settled batch's buffer goes back for reuse: the socket is done with it. */
+  #release(batch: Batch): void {
+    const backing = batch.backing;
+    batch.backing = null;
+    if (backing !== null && this.#spare.length < MAX_SPARE_BATCHES) this.#spare.push(backing);
   }
 
   #leaveFlight(batch: Batch): void {
@@ -333,6 +366,9 @@ export class RecordQueue {
       this.#lengths = [];
       this.#sizes = [];
       this.#head = 0;
+      // Nothing waits: a ring grown by a backlog (an outage) is let go, so the memory comes back
+      // once it has been sent; one that only ever held a turn's records is kept.
+      if (this.#ring !== null && this.#ring.length >= RELEASED_RING_BYTES) this.#ring = null;
     } else if (this.#head > 1024 && this.#head * 2 > this.#sizes.length) {
       this.#starts = this.#starts.slice(this.#head);
       this.#lengths = this.#lengths.slice(this.#head);

@@ -300,6 +300,44 @@ describe('RecordQueue', () => {
     });
   });
 
+  it('reuses the memory of settled batches, never of one still in flight', () => {
+    const queue = new RecordQueue(1_000_000);
+    for (let i = 0; i < 3; i++) push(queue, `first-${i};`);
+    const held = takeAll(queue);
+    const heldText = held.text;
+    const seen = new Set<ArrayBufferLike>();
+    for (let round = 0; round < 50; round++) {
+      for (let i = 0; i < 5; i++) push(queue, `r${round}-${i};`);
+      const batch = takeAll(queue);
+      assert.equal(batch.text, `r${round}-0;r${round}-1;r${round}-2;r${round}-3;r${round}-4;`);
+      assert.notEqual(batch.data.buffer, held.data.buffer, 'an in-flight batch keeps its memory');
+      seen.add(batch.data.buffer);
+      if (round % 2 === 0) queue.sent(batch);
+      else queue.dropInFlight(batch);
+      assert.equal(held.text, heldText, 'the in-flight batch is intact');
+    }
+    assert.equal(seen.size, 1, 'one buffer went round: settled batches give theirs back');
+    queue.requeue(held);
+    assert.equal(takeAll(queue).text, heldText, 'a requeued batch keeps its bytes');
+    checkInvariant(queue);
+  });
+
+  it('lets a ring grown by a backlog go once it has drained, and keeps a small one', () => {
+    const queue = new RecordQueue(8 * 1024 * 1024);
+    const line = `${'x'.repeat(1022)}\r\n`;
+    for (let i = 0; i < 20; i++) queue.push(line);
+    for (let batch = queue.take(64 * 1024); batch; batch = queue.take(64 * 1024)) queue.sent(batch);
+    assert.equal(queue.ringBytes, 64 * 1024, 'a ring that held one turn of records stays');
+    for (let i = 0; i < 3000; i++) queue.push(line);
+    assert.ok(queue.ringBytes >= 3000 * 1024, `the backlog grew the ring to ${queue.ringBytes} bytes`);
+    for (let batch = queue.take(64 * 1024); batch; batch = queue.take(64 * 1024)) queue.sent(batch);
+    assert.equal(queue.ringBytes, 0, 'drained: the memory is let go');
+    queue.push(line);
+    assert.equal(queue.ringBytes, 64 * 1024, 'and the next record starts small again');
+    assert.equal(takeAll(queue).text, line);
+    checkInvariant(queue);
+  });
+
   it('stays correct after compacting a long consumed front', () => {
     const queue = new RecordQueue(1_000_000);
     for (let i = 0; i < 3000; i++) push(queue, `r${i},`, 1);
