@@ -11,6 +11,8 @@
  *   naive           on 'finish', one socket.write(JSON.stringify(record) + '\r\n') per request
  *   naive-batched   the same record, writes coalesced once per event-loop turn (opt-in mode)
  *   noop            a middleware that only calls next(): what any middleware costs (opt-in mode)
+ *   fixed-batched   on 'finish', a fixed 1 KiB line, writes coalesced once per event-loop turn:
+ *                   what shipping the bytes alone costs, with no record to build (opt-in mode)
  */
 const net = require('node:net');
 const express = require('express');
@@ -25,6 +27,7 @@ const MODES = [
   'morgan',
   'naive',
   'naive-batched',
+  'fixed-batched',
 ];
 const mode = process.env.BENCH_MODE || 'none';
 const sinkPort = Number(process.env.BENCH_SINK_PORT);
@@ -68,7 +71,10 @@ function naiveRecord(req, res, startedAt, arrivedAt, headersSize) {
   };
 }
 
-function naiveLogger(socket, batched) {
+/** A JSON line of 1 KiB, about the size of a record here. */
+const FIXED_LINE = `${JSON.stringify({ fixed: 'x'.repeat(1024 - 14) })}\r\n`;
+
+function naiveLogger(socket, batched, fixed = false) {
   const pending = [];
   let scheduled = false;
   function flushPending() {
@@ -80,7 +86,7 @@ function naiveLogger(socket, batched) {
     const startedAt = Date.now();
     const arrivedAt = performance.now();
     res.on('finish', function onFinish() {
-      const line = JSON.stringify(naiveRecord(req, res, startedAt, arrivedAt, 0)) + '\r\n';
+      const line = fixed ? FIXED_LINE : JSON.stringify(naiveRecord(req, res, startedAt, arrivedAt, 0)) + '\r\n';
       if (!batched) {
         socket.write(line);
         return;
@@ -143,7 +149,8 @@ function addLogger(app) {
     }
     case 'naive':
     case 'naive-batched':
-      app.use(naiveLogger(connectSocket(), mode === 'naive-batched'));
+    case 'fixed-batched':
+      app.use(naiveLogger(connectSocket(), mode !== 'naive', mode === 'fixed-batched'));
       return;
   }
 }
@@ -187,6 +194,9 @@ function snapshot() {
     monotonicMicros: Number(process.hrtime.bigint() / 1000n),
     rss: memory.rss,
     heapUsed: memory.heapUsed,
+    heapTotal: memory.heapTotal,
+    // Buffers outside the heap (the ring buffer among them).
+    arrayBuffers: memory.arrayBuffers,
     maxRssBytes: process.resourceUsage().maxRSS * 1024,
     stats: logger.stats ? logger.stats() : null,
     sinkWrites: sinkWrites.calls,

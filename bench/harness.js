@@ -20,6 +20,7 @@ const FORMATS = {
   morgan: 'text',
   naive: 'json',
   'naive-batched': 'json',
+  'fixed-batched': 'json',
   // Another build of this package (BENCH_BASELINE_MODULE, e.g. a copy of dist/ from main), to
   // measure a change side by side with what it replaces.
   'express-tcplog-baseline': 'json',

@@ -66,7 +66,15 @@ async function main() {
       const snap = await app.call('snapshot').catch(() => null);
       if (snap) {
         const t = Date.now();
-        samples.push({ t, phase, rss: snap.rss, heapUsed: snap.heapUsed, stats: snap.stats });
+        samples.push({
+          t,
+          phase,
+          rss: snap.rss,
+          heapUsed: snap.heapUsed,
+          heapTotal: snap.heapTotal,
+          arrayBuffers: snap.arrayBuffers,
+          stats: snap.stats,
+        });
         if (sinkUpAt !== null && caughtUpAt === null && snap.stats.bufferedBytes < CAUGHT_UP_BYTES) caughtUpAt = t;
       }
       await sleep(500);
