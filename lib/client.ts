@@ -43,6 +43,13 @@ type Reporter = (err: Error) => void;
 
 /** Bytes per write: big enough to coalesce thousands of records, small enough to keep latency. */
 const BATCH_BYTES = 64 * 1024;
+/**
+ * Writes in flight on a connection at once. Loopback and fast networks accept write after write
+ * at once, and their callbacks come only after the loop: without a cap, sending a 16 MiB
+ * backlog put all of it in fresh buffers at the same moment (RSS +16 MiB, kept by the
+ * allocator). Four lets the queue's buffers go round; the next ones go when these are confirmed.
+ */
+const MAX_IN_FLIGHT_BATCHES = 4;
 const BACKOFF_BASE_MS = 50;
 const BACKOFF_CAP_MS = 5_000;
 /** How often a failed-over client checks whether the preferred server is back. */
@@ -371,7 +378,7 @@ export class TcpLogClient implements RecordSink {
     const connection = this.#active;
     if (!connection || connection.state !== 'open') return;
     const { socket } = connection;
-    while (!socket.writableNeedDrain) {
+    while (!socket.writableNeedDrain && connection.inFlight.length < MAX_IN_FLIGHT_BATCHES) {
       const batch = this.#queue.take(BATCH_BYTES);
       if (!batch) break;
       connection.inFlight.push(batch);
@@ -396,6 +403,8 @@ export class TcpLogClient implements RecordSink {
     connection.inFlight.splice(index, 1);
     this.#queue.sent(batch);
     connection.confirmed = true;
+    // A backlog held back by the cap on writes in flight goes on now.
+    if (connection === this.#active && this.#queue.waiting > 0) this.#scheduleFlush();
     this.#wakeIdle();
   }
 

@@ -7,10 +7,11 @@
  * lower its byte count on dequeue, and a drained queue then hung).
  *
  * Waiting records are copied, as UTF-8, into one ring buffer outside the JavaScript heap, which
- * grows up to `maxBytes`, is reused while a backlog lasts and is let go once it drains. While a
- * collector is down and the oldest records are being dropped, they would otherwise pile up as
- * garbage in V8's old generation, and the process would grow far past the bound before a full
- * collection (seen: +111 MiB for a 16 MiB bound).
+ * grows up to `maxBytes` and is then kept and reused: letting it go after each backlog made
+ * repeated outages allocate and free megabytes each time, which the allocator kept (the soak's
+ * RSS growth went from 23 to 61 MB). While a collector is down and the oldest records are being
+ * dropped, they would otherwise pile up as garbage in V8's old generation, and the process would
+ * grow far past the bound before a full collection (seen: +111 MiB for a 16 MiB bound).
  */
 
 /** Records taken for one `write()`: their bytes, copied out of the ring. */
@@ -68,15 +69,13 @@ export interface QueueCounts {
 
 /** The ring starts small and doubles up to `maxBytes`: an idle app does not pay for the bound. */
 const INITIAL_RING_BYTES = 64 * 1024;
-/** A ring at least this large is released when it empties (see #compact). */
-const RELEASED_RING_BYTES = 1024 * 1024;
 /**
  * Batches up to this size are copied into buffers the queue keeps and reuses once the batch is
  * settled: no allocation per write, and no churn in the allocator, which after an outage kept
  * RSS megabytes above what the backlog needed while it was being sent.
  */
 const POOLED_BATCH_BYTES = 64 * 1024;
-/** Batches in flight at once, in practice: the socket asks to wait for 'drain' after one or two. */
+/** Buffers kept for reuse: as many as the client has writes in flight at most. */
 const MAX_SPARE_BATCHES = 4;
 
 export class RecordQueue {
@@ -366,9 +365,6 @@ export class RecordQueue {
       this.#lengths = [];
       this.#sizes = [];
       this.#head = 0;
-      // Nothing waits: a ring grown by a backlog (an outage) is let go, so the memory comes back
-      // once it has been sent; one that only ever held a turn's records is kept.
-      if (this.#ring !== null && this.#ring.length >= RELEASED_RING_BYTES) this.#ring = null;
     } else if (this.#head > 1024 && this.#head * 2 > this.#sizes.length) {
       this.#starts = this.#starts.slice(this.#head);
       this.#lengths = this.#lengths.slice(this.#head);

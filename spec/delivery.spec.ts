@@ -161,6 +161,49 @@ for (const transport of transports) {
       });
     });
 
+    it('a 4 MiB backlog goes out in order with at most four writes in flight at once', async () => {
+      const receiver = track(await transport.startReceiver());
+      const settings = parseOptions(transport.destination(receiver.port));
+      const client = new TcpLogClient(settings.destination);
+      track({ close: () => Promise.resolve(void client.shutdown()) });
+      // Watches the client's writes on its socket: how many have not had their callback yet.
+      // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to each socket below
+      const write = net.Socket.prototype.write;
+      const own = Object.hasOwn(net.Socket.prototype, 'write');
+      const restore = (): void => {
+        if (own) net.Socket.prototype.write = write;
+        else delete (net.Socket.prototype as Partial<net.Socket>).write;
+      };
+      let inFlight = 0;
+      let most = 0;
+      net.Socket.prototype.write = function watchedWrite(this: net.Socket, ...args: unknown[]): boolean {
+        const callback = args[args.length - 1];
+        if (typeof callback !== 'function' || this.remotePort !== receiver.port) {
+          return Reflect.apply(write, this, args) as boolean;
+        }
+        inFlight++;
+        most = Math.max(most, inFlight);
+        args[args.length - 1] = (...results: unknown[]) => {
+          inFlight--;
+          Reflect.apply(callback, undefined, results);
+        };
+        return Reflect.apply(write, this, args) as boolean;
+      };
+      track({ close: () => Promise.resolve(restore()) });
+      const line = `{"pad":"${'x'.repeat(1000)}","i":`;
+      // Pushed in one go: the connection opens afterwards, with the whole backlog waiting.
+      for (let i = 0; i < 4096; i++) client.push(`${line}${i}}\r\n`);
+      await receiver.waitForLines(4096);
+      restore();
+      assert.deepEqual(
+        receiver.lines.map((text) => (JSON.parse(text) as { i: number }).i),
+        Array.from({ length: 4096 }, (_, i) => i),
+      );
+      assert.ok(most >= 1 && most <= 4, `${most} writes were in flight at once`);
+      await until(() => client.stats().sent === 4096);
+      assert.ok(invariant(client.stats()));
+    });
+
     it('keepalive: 200 closes an idle connection; the next record reconnects', async () => {
       const receiver = track(await transport.startReceiver());
       const mw = logger({ ...transport.destination(receiver.port), keepalive: 200 });
