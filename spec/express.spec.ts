@@ -365,27 +365,21 @@ describe('the head time when something else wraps res.writeHead', () => {
     receiver = await startLineServer();
     mw = tcplog({ host: '127.0.0.1', port: receiver.port });
     const app = express();
-    // Before the logger, as on-headers does it: an own writeHead on each response.
-    app.use(function wrapBefore(req, res, next) {
-      // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to the response below
-      const original = res.writeHead;
-      res.writeHead = function wrappedBefore(this: typeof res, ...args: unknown[]) {
-        wrapperCalls.push(`before ${req.url}`);
-        return Reflect.apply(original, this, args) as typeof res;
-      } as typeof res.writeHead;
-      next();
-    });
+    /** A middleware that wraps each response's writeHead as an own property, as on-headers does. */
+    const wrapWriteHead =
+      (label: string): express.RequestHandler =>
+      (req, res, next) => {
+        // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to the response below
+        const original = res.writeHead;
+        res.writeHead = function wrapped(this: typeof res, ...args: unknown[]) {
+          wrapperCalls.push(`${label} ${req.url}`);
+          return Reflect.apply(original, this, args) as typeof res;
+        } as typeof res.writeHead;
+        next();
+      };
+    app.use(wrapWriteHead('before'));
     app.use(mw);
-    // And after it, the same way.
-    app.use(function wrapAfter(req, res, next) {
-      // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to the response below
-      const original = res.writeHead;
-      res.writeHead = function wrappedAfter(this: typeof res, ...args: unknown[]) {
-        wrapperCalls.push(`after ${req.url}`);
-        return Reflect.apply(original, this, args) as typeof res;
-      } as typeof res.writeHead;
-      next();
-    });
+    app.use(wrapWriteHead('after'));
     app.get('/head-then-wait', (_req, res) => {
       res.writeHead(200, { 'content-type': 'text/plain' });
       res.write('head\n');
