@@ -203,8 +203,7 @@ function installSharedHook(): void {
   // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to `this` below
   const original = prototype.writeHead;
   const hook = function writeHead(this: ServerResponse, ...args: unknown[]): unknown {
-    const exchange = byResponse.get(this);
-    if (exchange !== undefined && exchange.headersAt === null) exchange.headersAt = performance.now();
+    noteHead(this);
     return Reflect.apply(original, this, args);
   } as WriteHead;
   prototype.writeHead = hook;
@@ -213,13 +212,19 @@ function installSharedHook(): void {
 
 /** The same, as an own property of a response whose `writeHead` is not the shared hook. */
 function timedWriteHead(this: ServerResponse, ...args: unknown[]): unknown {
-  const exchange = byResponse.get(this);
+  const exchange = noteHead(this);
   // The hook is set after the exchange is stored and undone before it is let go; the prototype is
   // a guard.
   // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to `this` just below
   const original = exchange?.writeHead ?? (Object.getPrototypeOf(this) as ServerResponse).writeHead;
-  if (exchange && exchange.headersAt === null) exchange.headersAt = performance.now();
   return Reflect.apply(original, this, args);
+}
+
+/** Notes when the head of a tracked response goes out (the first time only); returns its exchange. */
+function noteHead(res: ServerResponse): LiveExchange | undefined {
+  const exchange = byResponse.get(res);
+  if (exchange !== undefined && exchange.headersAt === null) exchange.headersAt = performance.now();
+  return exchange;
 }
 
 function onFinish(this: ServerResponse): void {
