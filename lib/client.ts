@@ -13,9 +13,10 @@ import { RecordQueue, type Batch } from './queue.js';
 
 /** Where the middleware hands finished records; the client is one, a test double another. */
 export interface RecordSink {
-  /** Accepts one framed record. Never throws, never waits. */
-  push(line: string): void;
-  /** The same, already UTF-8: the first `length` bytes of `data`, copied before it returns. */
+  /**
+   * Accepts one framed record, as UTF-8: the first `length` bytes of `data`, copied before it
+   * returns. Never throws, never waits.
+   */
   pushBytes(data: Buffer, length: number): void;
 }
 
@@ -114,6 +115,7 @@ export class TcpLogClient implements RecordSink {
     else this.#defaultReporters--;
   }
 
+  /** A framed record as text (specs and tools; the middleware hands over bytes). */
   push(line: string): void {
     this.#queue.push(line);
     this.#afterPush();

@@ -98,8 +98,6 @@ export class RecordQueue {
   #dropped = 0;
   /** Buffers of settled batches, for the next take(). */
   readonly #spare: Buffer[] = [];
-  /** Records dropped by the last push (older ones, and the new one if it could not stay). */
-  #droppedByPush = 0;
 
   constructor(maxBytes: number) {
     this.maxBytes = maxBytes;
@@ -140,32 +138,35 @@ export class RecordQueue {
    * new one itself if it can never fit. Returns how many records were dropped.
    */
   push(line: string, counted?: number): number {
+    const droppedBefore = this.#dropped;
     const length = Buffer.byteLength(line);
     const at = this.#admit(length, counted ?? length);
     if (at !== -1) (this.#ring as Buffer).write(line, at, length, 'utf8');
-    return this.#droppedByPush;
+    return this.#dropped - droppedBefore;
   }
 
   /** The same for a record already encoded: the first `length` bytes of `data`, copied. */
   pushBytes(data: Buffer, length: number): number {
+    const droppedBefore = this.#dropped;
     const at = this.#admit(length, length);
     if (at !== -1) data.copy(this.#ring as Buffer, at, 0, length);
-    return this.#droppedByPush;
+    return this.#dropped - droppedBefore;
   }
 
-  /** Accounts for a new record and reserves its place: the ring offset, or -1 if it is dropped. */
+  /**
+   * Accounts for a new record and reserves its place: the ring offset, or -1 if it is dropped.
+   * Drops (older records, or this one) are counted in #dropped.
+   */
   #admit(length: number, bytes: number): number {
     this.#records++;
     if (bytes > this.maxBytes) {
       this.#dropped++;
-      this.#droppedByPush = 1;
       return -1;
     }
-    const dropped = this.#makeRoom(bytes);
+    this.#makeRoom(bytes);
     if (this.#waitingBytes + this.#inFlightBytes + bytes > this.maxBytes) {
       // What is in flight already sits in the socket; it cannot be taken back to make room.
       this.#dropped++;
-      this.#droppedByPush = dropped + 1;
       return -1;
     }
     const at = this.#place(length);
@@ -175,7 +176,6 @@ export class RecordQueue {
     this.#tail = at + length;
     this.#waitingBytes += bytes;
     this.#waitingLength += length;
-    this.#droppedByPush = dropped;
     return at;
   }
 
@@ -300,21 +300,15 @@ export class RecordQueue {
     this.#inFlightBytes -= batch.bytes;
   }
 
-  #makeRoom(bytes: number): number {
-    let dropped = 0;
+  /** Drops the oldest waiting records until `bytes` more fit the bound (or nothing waits). */
+  #makeRoom(bytes: number): void {
     while (this.waiting > 0 && this.#waitingBytes + this.#inFlightBytes + bytes > this.maxBytes) {
-      dropped += this.#dropOldest();
+      this.#waitingBytes -= this.#sizes[this.#head] as number;
+      this.#waitingLength -= this.#lengths[this.#head] as number;
+      this.#head++;
+      this.#dropped++;
+      this.#compact();
     }
-    return dropped;
-  }
-
-  #dropOldest(): number {
-    this.#waitingBytes -= this.#sizes[this.#head] as number;
-    this.#waitingLength -= this.#lengths[this.#head] as number;
-    this.#head++;
-    this.#dropped++;
-    this.#compact();
-    return 1;
   }
 
   /** Where `length` bytes go, in one piece: after the newest record, or wrapped to the start. */
