@@ -13,7 +13,7 @@ import tcplog = require('../lib/index.js');
 import { activeClientCount } from '../lib/registry.js';
 import { TcpLogClient } from '../lib/client.js';
 import { parseOptions } from '../lib/options.js';
-import { freePort, invariant, listen, request, until, waitFor, type Listening } from './helpers.js';
+import { freePort, invariant, listen, listenLogged, request, until, waitFor, type Listening } from './helpers.js';
 import { pem, transports } from './transports.js';
 
 type Json = Record<string, any>;
@@ -50,15 +50,7 @@ afterEach(async () => {
 });
 
 async function appWith(mw: tcplog.Middleware): Promise<Listening> {
-  const app = express();
-  app.use(mw);
-  app.get('/', (_req, res) => {
-    res.send('ok');
-  });
-  app.get('/n/:n', (req, res) => {
-    res.json({ n: Number(req.params['n']) });
-  });
-  return track(await listen(app));
+  return track(await listenLogged(mw));
 }
 
 for (const transport of transports) {

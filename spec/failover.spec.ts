@@ -4,9 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import { afterEach, describe, it } from 'node:test';
-import express from 'express';
 import tcplog = require('../lib/index.js');
-import { freePort, invariant, listen, request, until, type LineServer } from './helpers.js';
+import { freePort, invariant, listenLogged, request, until, type LineServer } from './helpers.js';
 import { transports } from './transports.js';
 
 const cleanup: Array<() => Promise<void> | void> = [];
@@ -37,12 +36,7 @@ for (const transport of transports) {
       });
       const mw = tcplog({ servers, timeout: 1000, onError: (err) => errors.push(err) });
       middlewares.push(mw);
-      const app = express();
-      app.use(mw);
-      app.get('/n/:n', (req, res) => {
-        res.json({ n: Number(req.params['n']) });
-      });
-      const http = await listen(app);
+      const http = await listenLogged(mw);
       cleanup.push(() => http.close());
       return { mw, port: http.port };
     }

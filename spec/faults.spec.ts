@@ -7,11 +7,10 @@ import { once } from 'node:events';
 import net from 'node:net';
 import tls from 'node:tls';
 import { afterEach, describe, it } from 'node:test';
-import express from 'express';
 import tcplog = require('../lib/index.js');
 import { TcpLogClient } from '../lib/client.js';
 import { parseOptions } from '../lib/options.js';
-import { freePort, invariant, listen, request, until, type LineServer, type Listening } from './helpers.js';
+import { freePort, invariant, listenLogged, request, until, type LineServer, type Listening } from './helpers.js';
 import { pem, transports } from './transports.js';
 
 type Code = { code?: string };
@@ -27,12 +26,7 @@ afterEach(async () => {
 
 async function appWith(mw: tcplog.Middleware): Promise<Listening> {
   middlewares.push(mw);
-  const app = express();
-  app.use(mw);
-  app.get('/n/:n', (req, res) => {
-    res.json({ n: Number(req.params['n']) });
-  });
-  const http = await listen(app);
+  const http = await listenLogged(mw);
   cleanup.push(() => http.close());
   return http;
 }

@@ -6,6 +6,7 @@ import http from 'node:http';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import tls from 'node:tls';
+import express from 'express';
 
 /** How long a spec waits for an event before failing; a bound on hanging, not a timing claim. */
 export const WAIT_MS = 8_000;
@@ -169,6 +170,19 @@ export async function listen(handler: http.RequestListener, options: http.Server
         server.close(() => resolve());
       }),
   };
+}
+
+/** An Express app logging through `mw`, with the routes the delivery specs request: `/` and `/n/:n`. */
+export async function listenLogged(mw: express.RequestHandler): Promise<Listening> {
+  const app = express();
+  app.use(mw);
+  app.get('/', (_req, res) => {
+    res.send('ok');
+  });
+  app.get('/n/:n', (req, res) => {
+    res.json({ n: Number(req.params['n']) });
+  });
+  return listen(app);
 }
 
 export interface Reply {
