@@ -58,15 +58,52 @@ function sourceInfo() {
   }
 }
 
+/**
+ * Gives the app a core of its own: the app process (every thread) on CPU 0, autocannon and the
+ * sinks on the others. Sharing its core with the load generator and a collector was most of the
+ * segment-to-segment noise on a 2-core host (an A/A pair, bare Express against a middleware
+ * that only calls next(), spread 0.64-1.20 unpinned and 0.92-1.11 pinned). The app's CPU per
+ * request is measured either way. BENCH_PIN: unset pins when `taskset` can (2+ CPUs), 0 never,
+ * 1 always (an error when it cannot).
+ */
+const PIN_MODE = process.env.BENCH_PIN ?? '';
+if (!['', '0', '1'].includes(PIN_MODE)) throw new Error(`BENCH_PIN must be 0 or 1; got ${PIN_MODE}`);
+let pinning = null;
+
+/** Whether processes are pinned in this run, and why not when they are not. */
+function pinningState() {
+  if (pinning !== null) return pinning;
+  const cpus = require('node:os').cpus().length;
+  if (PIN_MODE === '0') pinning = { pinned: false, why: 'BENCH_PIN=0' };
+  else if (cpus < 2) pinning = { pinned: false, why: `${cpus} CPU` };
+  else {
+    try {
+      execFileSync('taskset', ['-p', String(process.pid)], { stdio: 'ignore' });
+      pinning = { pinned: true, app: '0', tools: cpus === 2 ? '1' : `1-${cpus - 1}` };
+    } catch {
+      pinning = { pinned: false, why: 'taskset is not available' };
+    }
+  }
+  if (PIN_MODE === '1' && !pinning.pinned) throw new Error(`BENCH_PIN=1, but cannot pin: ${pinning.why}`);
+  return pinning;
+}
+
+function pin(pid, role) {
+  const state = pinningState();
+  if (state.pinned) execFileSync('taskset', ['-a', '-p', '-c', state[role], String(pid)], { stdio: 'ignore' });
+}
+
 async function startSink() {
   const sink = startChild('sink.js', { name: 'sink' });
   const { port } = await sink.once('ready');
+  pin(sink.pid, 'tools');
   return { ...sink, port };
 }
 
 async function startLoad() {
   const load = startChild('load.js', { name: 'autocannon' });
   await load.once('ready');
+  pin(load.pid, 'tools');
   return load;
 }
 
@@ -85,6 +122,7 @@ async function startApp(mode, sinkPort, { env = {}, execArgv = [] } = {}) {
     execArgv,
   });
   const { port } = await app.once('ready');
+  pin(app.pid, 'app');
   return { ...app, port, url: `http://127.0.0.1:${port}/api/users/42?fields=name,email&include=roles` };
 }
 
@@ -111,4 +149,14 @@ function useTcplogModule(modulePath) {
   tcplogModule = modulePath;
 }
 
-module.exports = { FORMATS, snapshotDist, sourceInfo, useTcplogModule, startSink, startLoad, startApp, waitForSink };
+module.exports = {
+  pinningState,
+  FORMATS,
+  snapshotDist,
+  sourceInfo,
+  useTcplogModule,
+  startSink,
+  startLoad,
+  startApp,
+  waitForSink,
+};

@@ -11,10 +11,11 @@
  * Each logging mode has its own sink process, so every record is attributed to its mode.
  *
  *   BENCH_REQUESTS     measured requests per (round, mode)     default 20000
- *   BENCH_SEGMENTS     segments each round's requests are cut into   default 5
+ *   BENCH_SEGMENTS     segments each round's requests are cut into   default 20
  *   BENCH_WARMUP       warm-up requests, not measured           default 2000
  *   BENCH_ROUNDS       rounds                                   default 5
  *   BENCH_CONNECTIONS  autocannon connections                   default 32
+ *   BENCH_PIN          0: do not give the app a core of its own (see harness.js)
  *   BENCH_MODES        comma-separated modes (also: naive-batched, and express-tcplog-baseline
  *                      with BENCH_BASELINE_MODULE=/path/to/another/dist/index.js)
  *
@@ -24,6 +25,7 @@
 const { envInt, formatMarkdown, formatTable, machine, median, writeResult, runMain } = require('./common.js');
 const {
   FORMATS,
+  pinningState,
   snapshotDist,
   sourceInfo,
   startApp,
@@ -39,7 +41,7 @@ const config = {
   requests: envInt('BENCH_REQUESTS', 20_000),
   warmup: envInt('BENCH_WARMUP', 2_000),
   rounds: envInt('BENCH_ROUNDS', 5),
-  segments: envInt('BENCH_SEGMENTS', 5),
+  segments: envInt('BENCH_SEGMENTS', 20),
   connections: envInt('BENCH_CONNECTIONS', 32),
   modes: process.env.BENCH_MODES ? process.env.BENCH_MODES.split(',').map((m) => m.trim()) : DEFAULT_MODES,
 };
@@ -90,6 +92,8 @@ async function runRound(round, sinks, load) {
           failed: result.non2xx + result.errors,
           cpuMicros: cpu,
           cpuPerRequest: cpu / result.requests,
+          // In the kernel: mostly the socket writes (on loopback, the receiver's side too).
+          systemPerRequest: (after.cpu.system - before.cpu.system) / result.requests,
           rps: result.rps,
           appCpuFraction: cpu / 1000 / result.elapsedMs,
           loadCpuFraction: result.loadCpuFraction,
@@ -125,6 +129,7 @@ async function runRound(round, sinks, load) {
         failed: runs.reduce((n, s) => n + s.failed, 0),
         cpuMicros: cpu,
         cpuPerRequest: cpu / requests,
+        systemPerRequest: runs.reduce((n, s) => n + s.systemPerRequest * s.requests, 0) / requests,
         rps: median(runs.map((s) => s.rps)),
         appCpuFraction: median(runs.map((s) => s.appCpuFraction)),
         loadCpuFraction: median(runs.map((s) => s.loadCpuFraction)),
@@ -160,6 +165,7 @@ function summarize(samples, segments) {
       mode,
       rounds: runs.length,
       cpuPerRequest: median(runs.map((r) => r.cpuPerRequest)),
+      systemPerRequest: median(runs.map((r) => r.systemPerRequest)),
       rps: median(runs.map((r) => r.rps)),
       p99: median(runs.map((r) => r.p99)),
       rss: median(runs.map((r) => r.rss)),
@@ -186,6 +192,7 @@ function tableRows(summary) {
   return summary.map((row) => [
     row.mode,
     row.cpuPerRequest.toFixed(1),
+    row.systemPerRequest.toFixed(1),
     ratio(row.cpuRatio),
     ratio(row.pairedCpuRatio),
     Math.round(row.rps).toString(),
@@ -199,6 +206,7 @@ function tableRows(summary) {
 const HEADERS = [
   'mode',
   'CPU µs/req',
+  'of it kernel',
   'CPU ×none',
   'CPU ×none paired',
   'req/s',
@@ -208,6 +216,13 @@ const HEADERS = [
   'delivered',
 ];
 
+function describePinning() {
+  const state = pinningState();
+  return state.pinned
+    ? `app pinned to CPU ${state.app}, load and sinks to ${state.tools}`
+    : `not pinned (${state.why})`;
+}
+
 async function main() {
   useTcplogModule(await snapshotDist());
   const source = sourceInfo();
@@ -215,7 +230,7 @@ async function main() {
   console.log(
     `express-tcplog bench: ${config.rounds} rounds × ${config.modes.length} modes, ` +
       `${config.requests} requests (+${config.warmup} warm-up), ${config.connections} connections, ` +
-      `${machine().cpus} CPUs, Node ${process.version}; commit ${source.commit}` +
+      `${machine().cpus} CPUs, Node ${process.version}, ${describePinning()}; commit ${source.commit}` +
       (source.libModified ? ' with uncommitted lib/ changes' : ''),
   );
   const sinks = new Map();
@@ -236,6 +251,7 @@ async function main() {
         console.log(
           `  round ${round + 1} ${sample.mode.padEnd(14)} ${sample.cpuPerRequest.toFixed(1).padStart(6)} µs/req ` +
             `(${paired === null ? '-' : paired.toFixed(2)}× none) ` +
+            `(kernel ${sample.systemPerRequest.toFixed(1)}) ` +
             `${Math.round(sample.rps).toString().padStart(6)} req/s p99 ${sample.p99} ms${delivered} ` +
             `(cpu busy: app ${sample.appCpuFraction.toFixed(2)}, autocannon ${sample.loadCpuFraction.toFixed(2)})`,
         );
@@ -257,7 +273,8 @@ async function main() {
 
   const info = machine();
   const markdown =
-    `Measured ${started.toISOString().slice(0, 10)} on ${info.cpus} CPUs (${info.cpuModel}), Node ${info.node}; ` +
+    `Measured ${started.toISOString().slice(0, 10)} on ${info.cpus} CPUs (${info.cpuModel}), Node ${info.node}, ` +
+    `${describePinning()}; ` +
     `${config.rounds} rounds of ${config.requests} requests in ${config.segments} interleaved segments, after ` +
     `${config.warmup} warm-up, ${config.connections} connections; medians. "paired" is the median of ` +
     `per-segment ratios to none.\n\n${formatMarkdown(HEADERS, rows)}\n`;
@@ -265,7 +282,16 @@ async function main() {
   writeResult(
     'latest.json',
     JSON.stringify(
-      { date: started.toISOString(), machine: info, source, config, summary, samples, segments },
+      {
+        date: started.toISOString(),
+        machine: info,
+        pinning: pinningState(),
+        source,
+        config,
+        summary,
+        samples,
+        segments,
+      },
       null,
       2,
     ) + '\n',
