@@ -6,8 +6,11 @@
  * The hot path allocates one object per request and attaches shared functions only: no closure
  * per request, no symbol keys on Node's objects (state lives in WeakMaps), so the shapes Node and
  * Express see stay the same with or without the middleware. It does the job of on-headers and
- * on-finished with one `writeHead` hook and the response's own 'finish' and 'close' events.
+ * on-finished with one `writeHead` hook, Node's own announcement of each finished response (the
+ * `http.server.response.finish` diagnostics channel) and one 'close' listener per connection; a
+ * response that does not come from a Node HTTP server gets 'finish' and 'close' listeners instead.
  */
+import diagnostics from 'node:diagnostics_channel';
 import { ServerResponse, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
@@ -49,6 +52,13 @@ interface SocketMarks {
   open: number;
   /** `bytesWritten` when the last logged response on this socket finished. */
   lastEnd: number;
+  /**
+   * Exchanges whose record waits for Node's finish announcement, oldest first; the socket's
+   * 'close' settles whatever is left (the client went away). Null when none.
+   */
+  waiting: LiveExchange[] | null;
+  /** Whether this module listens for the socket's 'close'. */
+  watched: boolean;
 }
 
 type WriteHead = ServerResponse['writeHead'];
@@ -56,6 +66,7 @@ type WriteHead = ServerResponse['writeHead'];
 interface LiveExchange {
   instance: Instance;
   readonly req: ExpressLikeRequest;
+  readonly res: TrackedResponse;
   readonly socket: Socket;
   readonly startedAt: number;
   readonly arrivedAt: number;
@@ -107,12 +118,13 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
   const socket = req.socket;
   let marks = marksBySocket.get(socket);
   if (!marks) {
-    marks = { open: 0, lastEnd: 0 };
+    marks = { open: 0, lastEnd: 0, waiting: null, watched: false };
     marksBySocket.set(socket, marks);
   }
   const exchange: LiveExchange = {
     instance,
     req,
+    res,
     socket,
     startedAt: Date.now(),
     arrivedAt: performance.now(),
@@ -143,12 +155,61 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
     exchange.writeHead = res.writeHead;
     res.writeHead = timedWriteHead as WriteHead;
   }
+  if (announcesFinish(res)) {
+    // No listener per request (they showed as about 3 % of a bare request's CPU): Node's own
+    // finish handler announces the response on a diagnostics channel, and a connection that
+    // closes first settles what it still carried.
+    if (marks.waiting === null) marks.waiting = [exchange];
+    else marks.waiting.push(exchange);
+    if (!marks.watched) {
+      marks.watched = true;
+      socket.on('close', onSocketClose);
+    }
+    return;
+  }
   // Prepended: Node's own 'finish' listener hands the socket to the next pipelined response,
   // whose bytes must not be counted as this one's.
   res.prependListener('finish', onFinish);
   // 'close' follows 'finish', and also comes alone when the client goes away: the record is
   // built there either way.
   res.on('close', onClose);
+}
+
+/**
+ * Whether Node's HTTP server finishes this response: its handler (attached when the server made
+ * the response) publishes `http.server.response.finish` before it hands the socket to the next
+ * pipelined response. Responses made elsewhere (test doubles, other servers) are not announced.
+ */
+function announcesFinish(res: ServerResponse): boolean {
+  if (!finishSubscribed) return false;
+  const listeners = (res as { _events?: Record<string, unknown> })._events?.finish;
+  if (typeof listeners === 'function') return listeners.name === SERVER_FINISH;
+  return (
+    Array.isArray(listeners) &&
+    listeners.some((listener: unknown) => typeof listener === 'function' && listener.name === SERVER_FINISH)
+  );
+}
+
+/** The name of the handler Node's HTTP server attaches to every response's 'finish'. */
+const SERVER_FINISH = 'bound resOnFinish';
+/** Kept here as well: the channel must live as long as the subscription. */
+const serverFinish = diagnostics.channel('http.server.response.finish');
+let finishSubscribed = false;
+
+/** Node's announcement of a finished response: the record of a tracked one is built now. */
+function onServerFinish(message: unknown): void {
+  const res = (message as { response?: TrackedResponse } | null)?.response;
+  // Every response of every server in the process is announced; untracked ones are no-ops.
+  if (res !== undefined) buildAndSend(res);
+}
+
+/** A connection closed: its exchanges that never finished are logged as they stand. */
+function onSocketClose(this: Socket): void {
+  const marks = marksBySocket.get(this);
+  const waiting = marks?.waiting;
+  if (!marks || !waiting) return;
+  marks.waiting = null;
+  for (const exchange of waiting) buildAndSend(exchange.res);
 }
 
 /** A body comes only with Content-Length or Transfer-Encoding (RFC 9112, 6.3). */
@@ -199,6 +260,8 @@ let sharedHook: WriteHead | null = null;
 
 function installSharedHook(): void {
   if (sharedHook !== null) return;
+  serverFinish.subscribe(onServerFinish);
+  finishSubscribed = true;
   const prototype = ServerResponse.prototype;
   // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to `this` below
   const original = prototype.writeHead;
@@ -232,7 +295,7 @@ function onFinish(this: ServerResponse): void {
   if (exchange) settle(exchange);
 }
 
-/** Takes the end marks once: at 'finish', or at 'close' when the client went away first. */
+/** Takes the end marks once: at the finish, or at 'close' when the client went away first. */
 function settle(exchange: LiveExchange): void {
   if (exchange.endedAt !== -1) return;
   const { socket } = exchange;
@@ -242,6 +305,13 @@ function settle(exchange: LiveExchange): void {
   if (marks) {
     marks.open--;
     marks.lastEnd = written;
+    const waiting = marks.waiting;
+    if (waiting !== null) {
+      // Responses finish in order on a connection: the settled one is nearly always the first.
+      const at = waiting[0] === exchange ? 0 : waiting.indexOf(exchange);
+      if (at !== -1) waiting.splice(at, 1);
+      if (waiting.length === 0) marks.waiting = null;
+    }
   }
   exchange.endedAt = performance.now();
   exchange.responseBytes = written - start;

@@ -320,6 +320,33 @@ describe('record fields over a real Express 5 app', () => {
     assert.deepEqual(record['response'].headers, {});
     assert.equal(record['latencies'].proxy, undefined);
   });
+
+  it('pipelined requests still waiting when the client goes away are each logged once', async () => {
+    const socket = net.connect(http.port, '127.0.0.1');
+    await once(socket, 'connect');
+    const bothArrived = new Promise<void>((resolve) => {
+      let seen = 0;
+      arrivals.on('hang', function count() {
+        if (++seen === 2) {
+          arrivals.off('hang', count);
+          resolve();
+        }
+      });
+    });
+    // The second waits behind the first, whose response never comes.
+    socket.write('GET /hang?pipelined=1 HTTP/1.1\r\nHost: h\r\n\r\nGET /hang?pipelined=2 HTTP/1.1\r\nHost: h\r\n\r\n');
+    await bothArrived;
+    socket.destroy();
+    for (const uri of ['/hang?pipelined=1', '/hang?pipelined=2']) {
+      const record = await nextRecord(uri);
+      assert.equal(record['response'].status, undefined);
+    }
+    // Records keep their order: once this one is in, a duplicate of the two would be too.
+    assert.equal((await request(http.port, '/get?after=pipelined-abort')).status, 200);
+    await nextRecord('/get?after=pipelined-abort');
+    const uris = receiver.records().map((r) => r['request']?.uri as string);
+    assert.equal(uris.filter((uri) => uri.startsWith('/hang?pipelined=')).length, 2);
+  });
 });
 
 /** Splits Content-Length responses off a keep-alive socket, one at a time, in order. */

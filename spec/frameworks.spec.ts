@@ -6,6 +6,8 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import http2 from 'node:http2';
+import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import connect from 'connect';
@@ -138,6 +140,36 @@ describe('works with', () => {
       assert.match(record['request'].request_uri, /^http:\/\/127\.0\.0\.1:\d+\/bare\?q$/);
     } finally {
       await http.close();
+    }
+  });
+
+  it("a response Node's HTTP/1 server did not make (the HTTP/2 compatibility API) is logged through its own events", async () => {
+    const mw = logger('h2');
+    const server = http2.createServer(function handler(req, res) {
+      (mw as unknown as (q: typeof req, s: typeof res, next: () => void) => void)(req, res, function answer() {
+        res.statusCode = 202;
+        res.setHeader('content-type', 'text/plain');
+        res.end('accepted');
+      });
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const session = http2.connect(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+    try {
+      const stream = session.request({ ':path': '/h2?lang=en' });
+      stream.resume();
+      stream.end();
+      await once(stream, 'end');
+      const record = await recordFor('h2');
+      assert.equal(record['request'].method, 'GET');
+      assert.equal(record['request'].uri, '/h2?lang=en');
+      assert.deepEqual(record['request'].querystring, { lang: 'en' });
+      assert.equal(record['response'].status, 202);
+      assert.equal(record['response'].headers['content-type'], 'text/plain');
+    } finally {
+      session.close();
+      server.close();
+      await once(server, 'close');
     }
   });
 });
