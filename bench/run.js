@@ -144,16 +144,43 @@ async function runRound(round, sinks, load) {
   }
 }
 
+/** `value(mode) / value(none)` for every segment, `none` taken in the same round and segment. */
+function pairedRatios(segments, mode, value) {
+  return segments
+    .filter((s) => s.mode === mode)
+    .map((s) => {
+      const base = segments.find((b) => b.mode === 'none' && b.round === s.round && b.segment === s.segment);
+      return base ? value(s) / value(base) : null;
+    })
+    .filter((r) => r !== null && Number.isFinite(r));
+}
+
 /** Median over every segment of `value(mode) / value(none)` in the same round and segment. */
 function pairedRatio(segments, mode, value) {
-  return median(
-    segments
-      .filter((s) => s.mode === mode)
-      .map((s) => {
-        const base = segments.find((b) => b.mode === 'none' && b.round === s.round && b.segment === s.segment);
-        return base ? value(s) / value(base) : null;
-      }),
-  );
+  return median(pairedRatios(segments, mode, value));
+}
+
+/**
+ * A 95 % interval for the median of `ratios`, by bootstrap (2000 resamples, a fixed seed so a
+ * result file always gives the same interval). It says how far apart two modes must be to be
+ * told apart in this run; it does not cover drift from one run to the next.
+ */
+function medianInterval(ratios) {
+  if (ratios.length < 5) return null;
+  let seed = 0x9e3779b9;
+  const random = () => {
+    // xorshift32: enough for resampling, and reproducible.
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return (seed >>> 0) / 2 ** 32;
+  };
+  const medians = [];
+  for (let i = 0; i < 2000; i++) {
+    medians.push(median(ratios.map(() => ratios[Math.floor(random() * ratios.length)])));
+  }
+  medians.sort((a, b) => a - b);
+  return [medians[49], medians[1950]];
 }
 
 function summarize(samples, segments) {
@@ -181,6 +208,8 @@ function summarize(samples, segments) {
     row.cpuRatio = none && none.cpuPerRequest ? row.cpuPerRequest / none.cpuPerRequest : null;
     // Paired per segment (same round, adjacent in time): the figure to read on a drifting host.
     row.pairedCpuRatio = none ? pairedRatio(segments, row.mode, (s) => s.cpuPerRequest) : null;
+    row.pairedCpuInterval =
+      none && row.mode !== 'none' ? medianInterval(pairedRatios(segments, row.mode, (s) => s.cpuPerRequest)) : null;
     row.pairedRpsRatio = none ? pairedRatio(segments, row.mode, (s) => s.rps) : null;
   }
   return [...byMode.values()];
@@ -195,6 +224,7 @@ function tableRows(summary) {
     row.systemPerRequest.toFixed(1),
     ratio(row.cpuRatio),
     ratio(row.pairedCpuRatio),
+    row.pairedCpuInterval ? `${row.pairedCpuInterval[0].toFixed(2)}-${row.pairedCpuInterval[1].toFixed(2)}` : '–',
     Math.round(row.rps).toString(),
     ratio(row.pairedRpsRatio),
     row.p99.toFixed(0),
@@ -209,6 +239,7 @@ const HEADERS = [
   'of it kernel',
   'CPU ×none',
   'CPU ×none paired',
+  '95 % interval',
   'req/s',
   'req/s ×none paired',
   'p99 ms',
@@ -267,7 +298,7 @@ async function main() {
   console.log(
     `\nMedians over ${config.rounds} rounds of ${config.segments} interleaved segments. ×none: ratio of ` +
       `the medians; paired: median of the per-segment ratios (each mode against none in the same ` +
-      `round and segment)\n`,
+      `round and segment), with its 95 % bootstrap interval\n`,
   );
   console.log(table);
 
@@ -277,7 +308,7 @@ async function main() {
     `${describePinning()}; ` +
     `${config.rounds} rounds of ${config.requests} requests in ${config.segments} interleaved segments, after ` +
     `${config.warmup} warm-up, ${config.connections} connections; medians. "paired" is the median of ` +
-    `per-segment ratios to none.\n\n${formatMarkdown(HEADERS, rows)}\n`;
+    `per-segment ratios to none, with its 95 % bootstrap interval.\n\n${formatMarkdown(HEADERS, rows)}\n`;
   writeResult('latest.md', markdown);
   writeResult(
     'latest.json',
