@@ -433,3 +433,56 @@ describe('the head time when something else wraps res.writeHead', () => {
     assert.ok(invariant(mw.stats()));
   });
 });
+
+describe("when the app's own 'finish' listeners come before the logger (morgan, on-finished)", () => {
+  let receiver: LineServer;
+  let http: Listening;
+  let mw: tcplog.Middleware;
+  const finished: string[] = [];
+
+  before(async () => {
+    receiver = await startLineServer();
+    mw = tcplog({ host: '127.0.0.1', port: receiver.port });
+    const app = express();
+    app.use((req, res, next) => {
+      res.on('finish', () => finished.push(req.url));
+      next();
+    });
+    app.use(mw);
+    app.get('/early/:n', (req, res) => {
+      res.type('text/plain').send(`reply ${req.params['n']}`.repeat(Number(req.params['n'])));
+    });
+    http = await listen(app);
+  });
+
+  after(async () => {
+    await http.close();
+    await mw.close();
+    await receiver.close();
+  });
+
+  it('each response is still logged once, sized on its own, over keep-alive', async () => {
+    const paths = ['/early/1', '/early/5', '/early/2'];
+    const socket = net.connect(http.port, '127.0.0.1');
+    await once(socket, 'connect');
+    const reader = new ResponseReader(socket);
+    const replies: Buffer[] = [];
+    for (const path of paths) {
+      socket.write(`GET ${path} HTTP/1.1\r\nHost: h\r\n\r\n`);
+      replies.push(await reader.next());
+    }
+    socket.end();
+    await receiver.waitForLines(paths.length);
+    const records = receiver.records();
+    assert.deepEqual(
+      records.map((r) => r['request'].uri),
+      paths,
+    );
+    assert.deepEqual(
+      records.map((r) => r['response'].size),
+      replies.map((reply) => reply.length),
+    );
+    assert.deepEqual(finished, paths, "the app's listeners ran as before");
+    assert.ok(invariant(mw.stats()));
+  });
+});
