@@ -59,6 +59,11 @@ interface SocketMarks {
   waiting: LiveExchange[] | null;
   /** Whether this module listens for the socket's 'close'. */
   watched: boolean;
+  /**
+   * Whether Node's server announces the finish of this socket's responses (see announcesFinish):
+   * one server made them all, so the first one answers for the rest.
+   */
+  announced: boolean;
 }
 
 type WriteHead = ServerResponse['writeHead'];
@@ -118,7 +123,7 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
   const socket = req.socket;
   let marks = marksBySocket.get(socket);
   if (!marks) {
-    marks = { open: 0, lastEnd: 0, waiting: null, watched: false };
+    marks = { open: 0, lastEnd: 0, waiting: null, watched: false, announced: announcesFinish(res) };
     marksBySocket.set(socket, marks);
   }
   const exchange: LiveExchange = {
@@ -155,7 +160,7 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
     exchange.writeHead = res.writeHead;
     res.writeHead = timedWriteHead as WriteHead;
   }
-  if (announcesFinish(res)) {
+  if (marks.announced) {
     // No listener per request (they showed as about 3 % of a bare request's CPU): Node's own
     // finish handler announces the response on a diagnostics channel, and a connection that
     // closes first settles what it still carried.
