@@ -57,11 +57,10 @@ interface SocketMarks {
    * 'close' settles whatever is left (the client went away). Null when none.
    */
   waiting: LiveExchange[] | null;
-  /** Whether this module listens for the socket's 'close'. */
-  watched: boolean;
   /**
    * Whether Node's server announces the finish of this socket's responses (see announcesFinish):
-   * one server made them all, so the first one answers for the rest.
+   * one server made them all, so the first one answers for the rest. Then this module also
+   * listens for the socket's 'close'.
    */
   announced: boolean;
 }
@@ -98,7 +97,7 @@ const byRequest = new WeakMap<IncomingMessage, LiveExchange>();
 const marksBySocket = new WeakMap<Socket, SocketMarks>();
 
 export function createHandler(instance: Instance): Handler {
-  installSharedHook();
+  installSharedHooks();
   return function tcplogMiddleware(req: IncomingMessage, res: ServerResponse, next: Next): void {
     try {
       capture(instance, req, res);
@@ -123,8 +122,9 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
   const socket = req.socket;
   let marks = marksBySocket.get(socket);
   if (!marks) {
-    marks = { open: 0, lastEnd: 0, waiting: null, watched: false, announced: announcesFinish(res) };
+    marks = { open: 0, lastEnd: 0, waiting: null, announced: announcesFinish(res) };
     marksBySocket.set(socket, marks);
+    if (marks.announced) socket.on('close', onSocketClose);
   }
   const exchange: LiveExchange = {
     instance,
@@ -166,10 +166,6 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
     // closes first settles what it still carried.
     if (marks.waiting === null) marks.waiting = [exchange];
     else marks.waiting.push(exchange);
-    if (!marks.watched) {
-      marks.watched = true;
-      socket.on('close', onSocketClose);
-    }
     return;
   }
   // Prepended: Node's own 'finish' listener hands the socket to the next pipelined response,
@@ -186,7 +182,6 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
  * pipelined response. Responses made elsewhere (test doubles, other servers) are not announced.
  */
 function announcesFinish(res: ServerResponse): boolean {
-  if (!finishSubscribed) return false;
   const listeners = (res as { _events?: Record<string, unknown> })._events?.finish;
   if (typeof listeners === 'function') return listeners.name === SERVER_FINISH;
   return (
@@ -199,7 +194,6 @@ function announcesFinish(res: ServerResponse): boolean {
 const SERVER_FINISH = 'bound resOnFinish';
 /** Kept here as well: the channel must live as long as the subscription. */
 const serverFinish = diagnostics.channel('http.server.response.finish');
-let finishSubscribed = false;
 
 /** Node's announcement of a finished response: the record of a tracked one is built now. */
 function onServerFinish(message: unknown): void {
@@ -257,16 +251,16 @@ function countingPush(this: IncomingMessage, chunk: unknown, encoding?: BufferEn
 }
 
 /**
- * The time the head goes out, for every response whose `writeHead` is Node's: one wrapper on
- * `http.ServerResponse.prototype`, set when the first middleware is made and never removed. It
- * only notes the time for responses this module tracks, and calls through to what it replaced.
+ * Set up when the first middleware is made, and never removed: the subscription to Node's finish
+ * announcements, and the time the head goes out for every response whose `writeHead` is Node's,
+ * from one wrapper on `http.ServerResponse.prototype`. The wrapper only notes the time for
+ * responses this module tracks, and calls through to what it replaced.
  */
 let sharedHook: WriteHead | null = null;
 
-function installSharedHook(): void {
+function installSharedHooks(): void {
   if (sharedHook !== null) return;
   serverFinish.subscribe(onServerFinish);
-  finishSubscribed = true;
   const prototype = ServerResponse.prototype;
   // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to `this` below
   const original = prototype.writeHead;
@@ -332,8 +326,8 @@ function buildAndSend(res: TrackedResponse): void {
   if (!exchange) return;
   settle(exchange);
   const { instance, req } = exchange;
-  // 'close' comes once, and last: let go of the exchange now rather than when the collector
-  // finds its key dead, so the tables stay as small as the number of requests in progress.
+  // The record is built once: let go of the exchange now rather than when the collector finds
+  // its key dead, so the tables stay as small as the number of requests in progress.
   byResponse.delete(res);
   if (exchange.writeHead !== null && res.writeHead === timedWriteHead) res.writeHead = exchange.writeHead;
   if (exchange.push !== null) {
