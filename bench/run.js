@@ -93,7 +93,7 @@ async function runRound(round, sinks, load) {
           cpuMicros: cpu,
           cpuPerRequest: cpu / result.requests,
           // In the kernel: mostly the socket writes (on loopback, the receiver's side too).
-          systemPerRequest: (after.cpu.system - before.cpu.system) / result.requests,
+          systemMicros: after.cpu.system - before.cpu.system,
           rps: result.rps,
           appCpuFraction: cpu / 1000 / result.elapsedMs,
           loadCpuFraction: result.loadCpuFraction,
@@ -129,7 +129,7 @@ async function runRound(round, sinks, load) {
         failed: runs.reduce((n, s) => n + s.failed, 0),
         cpuMicros: cpu,
         cpuPerRequest: cpu / requests,
-        systemPerRequest: runs.reduce((n, s) => n + s.systemPerRequest * s.requests, 0) / requests,
+        systemPerRequest: runs.reduce((n, s) => n + s.systemMicros, 0) / requests,
         rps: median(runs.map((s) => s.rps)),
         appCpuFraction: median(runs.map((s) => s.appCpuFraction)),
         loadCpuFraction: median(runs.map((s) => s.loadCpuFraction)),
