@@ -69,10 +69,12 @@ function installCleanup() {
  * Forks `bench/<script>` with an IPC channel and returns a handle whose `call()` sends a request
  * and resolves with the child's reply (matched by id). The child's stderr is passed through.
  */
-function startChild(script, { env = {}, execArgv = [], name = script } = {}) {
+function startChild(script, { env = {}, execArgv = [], execPath = process.execPath, name = script } = {}) {
   installCleanup();
   const child = fork(path.join(BENCH_DIR, script), [], {
     env: { ...process.env, ...env },
+    // Another program may run node (instructions.js: valgrind, with node and its flags in execArgv).
+    execPath,
     execArgv,
     stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });

@@ -107,7 +107,7 @@ async function startLoad() {
   return load;
 }
 
-async function startApp(mode, sinkPort, { env = {}, execArgv = [] } = {}) {
+async function startApp(mode, sinkPort, { env = {}, execArgv = [], execPath, readyTimeoutMs } = {}) {
   const app = startChild('app.js', {
     name: `app (${mode})`,
     env: {
@@ -120,8 +120,9 @@ async function startApp(mode, sinkPort, { env = {}, execArgv = [] } = {}) {
       NODE_ENV: 'production',
     },
     execArgv,
+    execPath,
   });
-  const { port } = await app.once('ready');
+  const { port } = await app.once('ready', readyTimeoutMs);
   pin(app.pid, 'app');
   return { ...app, port, url: `http://127.0.0.1:${port}/api/users/42?fields=name,email&include=roles` };
 }
