@@ -68,16 +68,23 @@ interface SocketMarks {
 type WriteHead = ServerResponse['writeHead'];
 
 interface LiveExchange {
-  instance: Instance;
+  /** Null until a middleware takes the request (see onServerRequest). */
+  instance: Instance | null;
   readonly req: ExpressLikeRequest;
   readonly res: TrackedResponse;
   readonly socket: Socket;
-  readonly startedAt: number;
-  readonly arrivedAt: number;
+  /**
+   * What the request line said, read when Node's server announced the request: then `req` still
+   * has the map Node gave it. Null when the exchange was made by the middleware (a response that
+   * does not come from Node's HTTP/1 server): read from `req` when the record is built.
+   */
+  readonly sent: SentRequest | null;
+  startedAt: number;
+  arrivedAt: number;
   headersAt: number | null;
   bodyBytes: number;
   /** `bytesWritten` at arrival, or -1 when an earlier response on the socket was still open. */
-  readonly writtenAtStart: number;
+  writtenAtStart: number;
   readonly remoteAddress: string | undefined;
   /** The `push` and `writeHead` this middleware wrapped on the objects themselves, called through. */
   push: Readable['push'] | null;
@@ -90,6 +97,14 @@ interface LiveExchange {
 }
 
 type TrackedResponse = ServerResponse & { _header?: unknown };
+
+/** The request as Node's parser made it: what the client sent. */
+interface SentRequest {
+  readonly method: string;
+  readonly url: string;
+  readonly httpVersion: string;
+  readonly rawHeaders: readonly string[];
+}
 
 const byResponse = new WeakMap<ServerResponse, LiveExchange>();
 /** Only requests that can carry a body: their `push` is wrapped to count the bytes. */
@@ -110,7 +125,7 @@ export function createHandler(instance: Instance): Handler {
 
 function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedResponse): void {
   const existing = byResponse.get(res);
-  if (existing) {
+  if (existing !== undefined && existing.instance !== null) {
     // Nested instances (app-level, then router-level): one record, with the innermost's settings.
     if (!instance.closed) {
       existing.instance = instance;
@@ -119,47 +134,20 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
     return;
   }
   if (instance.closed) return;
-  const socket = req.socket;
+  const exchange = existing ?? arrive(req, res, req.socket, null);
+  const { socket } = exchange;
   let marks = marksBySocket.get(socket);
   if (!marks) {
-    marks = { open: 0, lastEnd: 0, waiting: null, announced: announcesFinish(res) };
+    marks = { open: 0, lastEnd: 0, waiting: null, announced: exchange.sent !== null || announcesFinish(res) };
     marksBySocket.set(socket, marks);
     if (marks.announced) socket.on('close', onSocketClose);
   }
-  const exchange: LiveExchange = {
-    instance,
-    req,
-    res,
-    socket,
-    startedAt: Date.now(),
-    arrivedAt: performance.now(),
-    headersAt: null,
-    bodyBytes: initialBodyBytes(req),
-    writtenAtStart: marks.open === 0 ? socket.bytesWritten : -1,
-    // Read now: once the socket is gone the address may be too.
-    remoteAddress: socket.remoteAddress,
-    push: null,
-    writeHead: null,
-    endedAt: -1,
-    responseBytes: 0,
-    mountedAt: req.baseUrl ?? '',
-  };
+  exchange.instance = instance;
+  exchange.mountedAt = req.baseUrl ?? '';
+  exchange.startedAt = Date.now();
+  exchange.arrivedAt = performance.now();
+  exchange.writtenAtStart = marks.open === 0 ? socket.bytesWritten : -1;
   marks.open++;
-  byResponse.set(res, exchange);
-  if (!req.complete && mayHaveBody(req)) {
-    // eslint-disable-next-line @typescript-eslint/unbound-method
-    exchange.push = req.push;
-    byRequest.set(req, exchange);
-    req.push = countingPush;
-  }
-  // The shared hook on the prototype notes the time for every response that resolves to it: no
-  // property is added to `res` (in the profile, that assignment was the dearest line here). A
-  // response whose writeHead is another (wrapped by a library, a custom class) gets its own.
-  if (res.writeHead !== sharedHook) {
-    // eslint-disable-next-line @typescript-eslint/unbound-method
-    exchange.writeHead = res.writeHead;
-    res.writeHead = timedWriteHead as WriteHead;
-  }
   if (marks.announced) {
     // No listener per request (they showed as about 3 % of a bare request's CPU): Node's own
     // finish handler announces the response on a diagnostics channel, and a connection that
@@ -174,6 +162,74 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
   // 'close' follows 'finish', and also comes alone when the client goes away: the record is
   // built there either way.
   res.on('close', onClose);
+}
+
+/**
+ * The exchange of a request, with what can be read before the app runs; no middleware has it yet.
+ * Made when Node's server announces the request (`sent` is then what the request line said), or
+ * by the middleware for a response Node's HTTP/1 server did not make.
+ *
+ * Express gives every request and response a map of its own when it sets their prototype, and
+ * then each property read on them misses V8's caches (about 1 500 instructions each, counted with
+ * `npm run bench:instructions`). Read here, before Express runs, the same reads hit.
+ */
+function arrive(req: ExpressLikeRequest, res: TrackedResponse, socket: Socket, sent: SentRequest | null): LiveExchange {
+  const exchange: LiveExchange = {
+    instance: null,
+    req,
+    res,
+    socket,
+    sent,
+    startedAt: 0,
+    arrivedAt: 0,
+    headersAt: null,
+    bodyBytes: initialBodyBytes(req),
+    writtenAtStart: -1,
+    // Read now: once the socket is gone the address may be too.
+    remoteAddress: socket.remoteAddress,
+    push: null,
+    writeHead: null,
+    endedAt: -1,
+    responseBytes: 0,
+    mountedAt: '',
+  };
+  byResponse.set(res, exchange);
+  if (!req.complete && mayHaveBody(req)) {
+    // eslint-disable-next-line @typescript-eslint/unbound-method
+    exchange.push = req.push;
+    byRequest.set(req, exchange);
+    req.push = countingPush;
+  }
+  // The shared hook on the prototype notes the time for every response that resolves to it: no
+  // property is added to `res` (in the profile, that assignment was the dearest line here). A
+  // response whose writeHead is another by now (a custom class; for a response Node's server did
+  // not make, a library's wrapper) gets its own. Wrappers added later call through to this one.
+  if (res.writeHead !== sharedHook) {
+    // eslint-disable-next-line @typescript-eslint/unbound-method
+    exchange.writeHead = res.writeHead;
+    res.writeHead = timedWriteHead as WriteHead;
+  }
+  return exchange;
+}
+
+/** Node's announcement of a new request, before the app sees it (see arrive()). */
+function onServerRequest(message: unknown): void {
+  const {
+    request: req,
+    response: res,
+    socket,
+  } = message as { request: IncomingMessage; response: TrackedResponse; socket: Socket };
+  try {
+    arrive(req, res, socket, {
+      method: req.method ?? 'GET',
+      url: req.url ?? '/',
+      httpVersion: req.httpVersion,
+      rawHeaders: req.rawHeaders,
+    });
+  } catch {
+    // A subscriber's throw would reach the app as an uncaught exception. The middleware then
+    // makes the exchange itself, from `req`.
+  }
 }
 
 /**
@@ -192,8 +248,9 @@ function announcesFinish(res: ServerResponse): boolean {
 
 /** The name of the handler Node's HTTP server attaches to every response's 'finish'. */
 const SERVER_FINISH = 'bound resOnFinish';
-/** Kept here as well: the channel must live as long as the subscription. */
+/** Kept here as well: a channel must live as long as its subscription. */
 const serverFinish = diagnostics.channel('http.server.response.finish');
+const serverRequest = diagnostics.channel('http.server.request.start');
 
 /** Node's announcement of a finished response: the record of a tracked one is built now. */
 function onServerFinish(message: unknown): void {
@@ -213,8 +270,9 @@ function onSocketClose(this: Socket): void {
 
 /** A body comes only with Content-Length or Transfer-Encoding (RFC 9112, 6.3). */
 function mayHaveBody(req: IncomingMessage): boolean {
-  const length = rawHeader(req, 'content-length');
-  return (length !== undefined && length !== '0') || rawHeader(req, 'transfer-encoding') !== undefined;
+  const raw = req.rawHeaders;
+  const length = rawHeader(raw, 'content-length');
+  return (length !== undefined && length !== '0') || rawHeader(raw, 'transfer-encoding') !== undefined;
 }
 
 /**
@@ -222,8 +280,7 @@ function mayHaveBody(req: IncomingMessage): boolean {
  * two. Read from `req.rawHeaders`: touching `req.headers` makes Node build that whole object at
  * once, which showed in the profile as a good part of this middleware's time.
  */
-function rawHeader(req: IncomingMessage, name: string): string | undefined {
-  const raw = req.rawHeaders;
+function rawHeader(raw: readonly string[], name: string): string | undefined {
   for (let i = 0; i + 1 < raw.length; i += 2) {
     const key = raw[i] as string;
     if (key.length === name.length && key.toLowerCase() === name) return raw[i + 1];
@@ -231,14 +288,27 @@ function rawHeader(req: IncomingMessage, name: string): string | undefined {
   return undefined;
 }
 
+/** Every value of a header, joined with ", " as `req.headers` joins a repeated `x-` header. */
+function joinedRawHeader(raw: readonly string[], name: string): string | undefined {
+  let joined: string | undefined;
+  for (let i = 0; i + 1 < raw.length; i += 2) {
+    const key = raw[i] as string;
+    if (key.length === name.length && key.toLowerCase() === name) {
+      const value = raw[i + 1] as string;
+      joined = joined === undefined ? value : `${joined}, ${value}`;
+    }
+  }
+  return joined !== undefined && joined.length > 0 ? joined : undefined;
+}
+
 /**
- * The body bytes already received when the middleware runs (a router-level instance may come
+ * The body bytes already received when the exchange is made (a router-level instance may come
  * after a body parser). The rest is counted as the parser pushes it: listening for 'data' would
  * start the body flowing and take it from the app.
  */
 function initialBodyBytes(req: IncomingMessage): number {
   if (!req.complete) return req.readableLength;
-  const declared = Number(rawHeader(req, 'content-length'));
+  const declared = Number(rawHeader(req.rawHeaders, 'content-length'));
   return Number.isSafeInteger(declared) && declared >= 0 ? declared : req.readableLength;
 }
 
@@ -261,6 +331,7 @@ let sharedHook: WriteHead | null = null;
 function installSharedHooks(): void {
   if (sharedHook !== null) return;
   serverFinish.subscribe(onServerFinish);
+  serverRequest.subscribe(onServerRequest);
   const prototype = ServerResponse.prototype;
   // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to `this` below
   const original = prototype.writeHead;
@@ -324,8 +395,9 @@ function onClose(this: TrackedResponse): void {
 function buildAndSend(res: TrackedResponse): void {
   const exchange = byResponse.get(res);
   if (!exchange) return;
-  settle(exchange);
   const { instance, req } = exchange;
+  // No middleware took the request (another server's, or routed elsewhere): nothing to log.
+  if (instance !== null) settle(exchange);
   // The record is built once: let go of the exchange now rather than when the collector finds
   // its key dead, so the tables stay as small as the number of requests in progress.
   byResponse.delete(res);
@@ -334,7 +406,7 @@ function buildAndSend(res: TrackedResponse): void {
     byRequest.delete(req);
     if (req.push === countingPush) req.push = exchange.push;
   }
-  if (instance.closed) return;
+  if (instance === null || instance.closed) return;
   try {
     const { hooks } = instance;
     if (hooks.skip !== null) {
@@ -405,35 +477,63 @@ function runHooks(instance: Instance, req: ExpressLikeRequest, res: ServerRespon
 }
 
 function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchange {
-  const { req, socket } = exchange;
-  // res.statusCode is 200 by default even when nothing was sent: only a sent head has a status.
-  let response: CapturedResponse | null = null;
-  if (res.headersSent) {
-    const head = typeof res._header === 'string' ? res._header : null;
-    response = { status: res.statusCode, head, headers: head === null ? res.getHeaders() : null };
-  }
+  const { req, socket, sent } = exchange;
   const route = req.route;
   const trusting = trustsProxy(req);
+  const rawHeaders = sent !== null ? sent.rawHeaders : req.rawHeaders;
   return {
-    method: req.method ?? 'GET',
-    url: req.originalUrl ?? req.url ?? '/',
-    httpVersion: req.httpVersion,
-    rawHeaders: req.rawHeaders,
+    // What the client sent: Node's parser made these before any middleware could change them.
+    method: sent !== null ? sent.method : (req.method ?? 'GET'),
+    url: sent !== null ? sent.url : (req.originalUrl ?? req.url ?? '/'),
+    httpVersion: sent !== null ? sent.httpVersion : req.httpVersion,
+    rawHeaders,
     requestBodyBytes: exchange.bodyBytes,
     scheme:
       (trusting ? expressValue(req, 'protocol') : undefined) ??
       ((socket as { encrypted?: boolean }).encrypted ? 'https' : 'http'),
-    host: req.headers.host ?? `${socket.localAddress ?? 'localhost'}:${socket.localPort ?? ''}`,
+    host:
+      (sent !== null ? rawHeader(rawHeaders, 'host') : req.headers.host) ??
+      `${socket.localAddress ?? 'localhost'}:${socket.localPort ?? ''}`,
     startedAt: exchange.startedAt,
     arrivedAt: exchange.arrivedAt,
     headersAt: exchange.headersAt,
     finishedAt: exchange.endedAt,
-    response,
+    response: sentResponse(res, sent !== null),
     responseBytes: exchange.responseBytes,
     clientIp: (trusting ? expressValue(req, 'ip') : undefined) ?? exchange.remoteAddress,
     route: route && route.path !== undefined ? { path: routePath(route.path), baseUrl: baseUrl(req, exchange) } : null,
-    requestId: requestId(req),
+    requestId: sent !== null ? joinedRawHeader(rawHeaders, 'x-request-id') : requestId(req),
   };
+}
+
+/**
+ * The status and head of a response, or null when no head went out. From Node's HTTP/1 server
+ * (`fromNode`) the head text says both: one read of a response whose map is its own (see
+ * arrive()) rather than three.
+ */
+function sentResponse(res: TrackedResponse, fromNode: boolean): CapturedResponse | null {
+  if (fromNode) {
+    const head = res._header;
+    if (typeof head !== 'string' || head.length === 0) return null;
+    return { status: statusOf(head) ?? res.statusCode, head, headers: null };
+  }
+  // res.statusCode is 200 by default even when nothing was sent: only a sent head has a status.
+  if (!res.headersSent) return null;
+  const head = typeof res._header === 'string' ? res._header : null;
+  return { status: res.statusCode, head, headers: head === null ? res.getHeaders() : null };
+}
+
+/** The status code of a head's status line ("HTTP/1.1 200 OK"), or null if it has none. */
+function statusOf(head: string): number | null {
+  const at = head.indexOf(' ');
+  if (at === -1 || at + 4 > head.length) return null;
+  let status = 0;
+  for (let i = at + 1; i < at + 4; i++) {
+    const digit = head.charCodeAt(i) - 0x30;
+    if (digit < 0 || digit > 9) return null;
+    status = status * 10 + digit;
+  }
+  return status;
 }
 
 /**
@@ -463,7 +563,10 @@ function routePath(path: unknown): string {
  */
 function trustsProxy(req: ExpressLikeRequest): boolean {
   try {
-    return Boolean(req.app?.get?.('trust proxy'));
+    // Express keeps `app` on the prototype it gives each request: read there, where the map is
+    // shared and the load hits V8's cache (see arrive()).
+    const app = (Object.getPrototypeOf(req) as ExpressLikeRequest | null)?.app ?? req.app;
+    return Boolean(app?.get?.('trust proxy'));
   } catch {
     return false;
   }

@@ -5,10 +5,20 @@
 import assert from 'node:assert/strict';
 import { EventEmitter, once } from 'node:events';
 import net from 'node:net';
+import { Readable } from 'node:stream';
 import { after, afterEach, before, describe, it } from 'node:test';
 import express from 'express';
 import tcplog = require('../lib/index.js');
-import { LineServer, invariant, listen, rawExchange, request, startLineServer, type Listening } from './helpers.js';
+import {
+  LineServer,
+  invariant,
+  listen,
+  rawExchange,
+  request,
+  startLineServer,
+  until,
+  type Listening,
+} from './helpers.js';
 
 type Json = Record<string, any>;
 
@@ -484,5 +494,117 @@ describe("when the app's own 'finish' listeners come before the logger (morgan, 
     );
     assert.deepEqual(finished, paths, "the app's listeners ran as before");
     assert.ok(invariant(mw.stats()));
+  });
+});
+
+describe('the request as the client sent it, whatever the app changes before the logger', () => {
+  let receiver: LineServer;
+  let http: Listening;
+  let mw: tcplog.Middleware;
+
+  before(async () => {
+    receiver = await startLineServer();
+    mw = tcplog({ host: '127.0.0.1', port: receiver.port });
+    const app = express();
+    // As method-override and request-id middleware do.
+    app.use((req, _res, next) => {
+      const override = req.headers['x-http-method-override'];
+      if (typeof override === 'string') req.method = override;
+      req.headers['x-request-id'] = 'made-by-the-app';
+      req.headers.host = 'made-by-the-app.example';
+      next();
+    });
+    app.use(mw);
+    app.put('/things/:id', (_req, res) => {
+      res.writeHead(201, { 'content-type': 'text/plain' });
+      // Too late to change what was sent: the record keeps the head's status.
+      res.statusCode = 500;
+      res.end('made');
+    });
+    // Something in front of Express that rewrites the URL: Express's originalUrl is then not what
+    // the client sent.
+    http = await listen((req, res) => {
+      req.url = `/things${req.url ?? ''}`;
+      app(req, res);
+    });
+  });
+
+  after(async () => {
+    await http.close();
+    await mw.close();
+    await receiver.close();
+  });
+
+  it('method, uri, host and request id as received; the status the head carried', async () => {
+    const text =
+      'POST /7?x=1 HTTP/1.1\r\nHost: client.example\r\nX-HTTP-Method-Override: PUT\r\n' +
+      'X-Request-Id: first\r\nX-Request-Id: second\r\nContent-Length: 0\r\nConnection: close\r\n\r\n';
+    const received = await rawExchange(http.port, text, () => false);
+    assert.match(received.toString(), /^HTTP\/1\.1 201 /);
+    await receiver.waitForLines(1);
+    const [record] = receiver.records();
+    assert.equal(record?.['request'].method, 'POST');
+    assert.equal(record?.['request'].uri, '/7?x=1');
+    assert.equal(record?.['request'].request_uri, 'http://client.example/7?x=1');
+    assert.equal(record?.['request'].id, 'first, second', 'repeats joined as req.headers joins them');
+    assert.deepEqual(record?.['request'].headers['x-request-id'], ['first', 'second']);
+    assert.equal(record?.['request'].size, Buffer.byteLength(text));
+    assert.equal(record?.['response'].status, 201);
+    assert.equal(record?.['response'].size, received.length);
+    assert.deepEqual(record?.['route'], { path: '/things/:id', base_url: '' });
+  });
+});
+
+describe('requests no middleware takes', () => {
+  let receiver: LineServer;
+  let logged: Listening;
+  let other: Listening;
+  let mw: tcplog.Middleware;
+  const pushLeftOn: boolean[] = [];
+
+  before(async () => {
+    receiver = await startLineServer();
+    mw = tcplog({ host: '127.0.0.1', port: receiver.port });
+    const app = express();
+    const api = express.Router();
+    api.use(mw);
+    api.get('/ok', (_req, res) => {
+      res.send('logged');
+    });
+    app.use('/api', api);
+    app.get('/elsewhere', (_req, res) => {
+      res.send('not logged');
+    });
+    logged = await listen(app);
+    // Another server in the same process, with no middleware at all.
+    other = await listen((req, res) => {
+      req.resume();
+      req.on('end', () => {
+        res.on('finish', () => setImmediate(() => pushLeftOn.push(req.push !== Readable.prototype.push)));
+        res.end('bare');
+      });
+    });
+  });
+
+  after(async () => {
+    await logged.close();
+    await other.close();
+    await mw.close();
+    await receiver.close();
+  });
+
+  it('are not logged, and keep nothing of the logger once they finish', async () => {
+    assert.equal((await request(other.port, '/bare', { method: 'POST', body: 'a body' })).status, 200);
+    assert.equal((await request(logged.port, '/elsewhere', { method: 'POST', body: 'x' })).status, 404);
+    assert.equal((await request(logged.port, '/elsewhere')).status, 200);
+    assert.equal((await request(logged.port, '/api/ok')).status, 200);
+    await receiver.waitForLines(1);
+    await until(() => pushLeftOn.length === 1);
+    assert.deepEqual(
+      receiver.records().map((r) => r['request'].uri),
+      ['/api/ok'],
+    );
+    assert.deepEqual(pushLeftOn, [false], "the body counter is taken off the other server's request");
+    assert.equal(mw.stats().records, 1);
   });
 });
