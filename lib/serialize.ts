@@ -67,49 +67,49 @@ function record(exchange: CapturedExchange, settings: RecordSettings, extras: Ex
     return;
   }
   const { url, response } = exchange;
-  ascii('{"request":{');
+  piece(PIECES.requestOpen);
   if (exchange.requestId !== undefined) {
-    ascii('"id":');
+    piece(PIECES.id);
     string(exchange.requestId);
     byte(COMMA);
   }
-  ascii('"method":');
+  piece(PIECES.method);
   string(exchange.method);
-  ascii(',"uri":');
+  piece(PIECES.uri);
   string(url);
-  ascii(',"request_uri":');
-  string(`${exchange.scheme}://${exchange.host}${url}`);
-  ascii(',"size":');
+  piece(PIECES.requestUri);
+  requestUri(exchange.scheme, exchange.host, url);
+  piece(PIECES.requestSize);
   number(requestHeadBytes(exchange) + exchange.requestBodyBytes);
-  ascii(',"querystring":');
+  piece(PIECES.querystring);
   query(url);
-  ascii(',"headers":');
+  piece(PIECES.headers);
   requestHeaders(exchange.rawHeaders, settings.redact);
-  ascii('},"response":{');
+  piece(PIECES.responseOpen);
   if (response !== null) {
-    ascii('"status":');
+    piece(PIECES.status);
     number(response.status);
     byte(COMMA);
   }
-  ascii('"size":');
+  piece(PIECES.responseSize);
   number(exchange.responseBytes);
-  ascii(',"headers":');
+  piece(PIECES.headers);
   responseHeadersPart(response, settings.redact);
-  ascii('},"latencies":{"request":');
+  piece(PIECES.latenciesOpen);
   number(Math.round(exchange.finishedAt - exchange.arrivedAt));
   if (exchange.headersAt !== null) {
-    ascii(',"proxy":');
+    piece(PIECES.proxy);
     number(Math.round(exchange.headersAt - exchange.arrivedAt));
   }
   byte(0x7d);
   if (settings.apiJson !== null) {
-    ascii(',"api":');
+    piece(PIECES.api);
     text(settings.apiJson);
   }
   if (exchange.route !== null) {
-    ascii(',"route":{"path":');
+    piece(PIECES.routeOpen);
     string(exchange.route.path);
-    ascii(',"base_url":');
+    piece(PIECES.baseUrl);
     string(exchange.route.baseUrl);
     byte(0x7d);
   }
@@ -118,14 +118,14 @@ function record(exchange: CapturedExchange, settings: RecordSettings, extras: Ex
     // JSON.stringify does with any property.
     const consumer = JSON.stringify(extras.consumer) as string | undefined;
     if (consumer !== undefined) {
-      ascii(',"consumer":');
+      piece(PIECES.consumer);
       text(consumer);
     }
   }
-  ascii(',"started_at":');
+  piece(PIECES.startedAt);
   number(exchange.startedAt);
   if (exchange.clientIp !== undefined) {
-    ascii(',"client_ip":');
+    piece(PIECES.clientIp);
     string(normalizeIp(exchange.clientIp));
   }
   byte(0x7d);
@@ -145,12 +145,52 @@ function byte(value: number): void {
   out[pos++] = value;
 }
 
+/** ASCII as bytes, made once. */
+function encoded(text: string): Uint8Array {
+  return Buffer.from(text, 'latin1');
+}
+
+/**
+ * The record's constant pieces, encoded once: copying their bytes costs less than writing a
+ * string a character at a time (4 % of the serializer's instructions, with callgrind).
+ */
+const PIECES = {
+  requestOpen: encoded('{"request":{'),
+  id: encoded('"id":'),
+  method: encoded('"method":'),
+  uri: encoded(',"uri":'),
+  requestUri: encoded(',"request_uri":'),
+  schemeSeparator: encoded('://'),
+  requestSize: encoded(',"size":'),
+  querystring: encoded(',"querystring":'),
+  headers: encoded(',"headers":'),
+  responseOpen: encoded('},"response":{'),
+  status: encoded('"status":'),
+  responseSize: encoded('"size":'),
+  latenciesOpen: encoded('},"latencies":{"request":'),
+  proxy: encoded(',"proxy":'),
+  api: encoded(',"api":'),
+  routeOpen: encoded(',"route":{"path":'),
+  baseUrl: encoded(',"base_url":'),
+  consumer: encoded(',"consumer":'),
+  startedAt: encoded(',"started_at":'),
+  clientIp: encoded(',"client_ip":'),
+  redacted: encoded('"REDACTED"'),
+  emptyObject: encoded('{}'),
+} as const;
+
+function piece(bytes: Uint8Array): void {
+  reserve(bytes.length);
+  out.set(bytes, pos);
+  pos += bytes.length;
+}
+
 /** Text known to be ASCII (constants, the delimiter). */
 function ascii(value: string): void {
   reserve(value.length);
   // Locals in the loops: `out` and `pos` are module state, slower to reach on every character.
   const buffer = out;
-  let at = pos;
+  let at = pos | 0;
   for (let i = 0; i < value.length; i++) buffer[at++] = value.charCodeAt(i);
   pos = at;
 }
@@ -170,7 +210,7 @@ function plain(value: string, from: number, to: number): boolean {
   // Each character may take two bytes (`\"`, `\\`).
   reserve(2 * (to - from));
   const buffer = out;
-  let at = pos;
+  let at = pos | 0;
   for (let i = from; i < to; i++) {
     const c = value.charCodeAt(i);
     // 0x7f needs no escape and is one byte in UTF-8, as JSON.stringify leaves it.
@@ -199,6 +239,21 @@ function quoted(value: string, from: number, to: number): boolean {
 /** A JSON string, as JSON.stringify writes it. */
 function string(value: string): void {
   if (!quoted(value, 0, value.length)) text(JSON.stringify(value));
+}
+
+/** `scheme://host` then the URL as one JSON string, written in parts rather than joined first. */
+function requestUri(scheme: string, host: string, url: string): void {
+  const start = pos;
+  byte(QUOTE);
+  if (plain(scheme, 0, scheme.length)) {
+    piece(PIECES.schemeSeparator);
+    if (plain(host, 0, host.length) && plain(url, 0, url.length)) {
+      byte(QUOTE);
+      return;
+    }
+  }
+  pos = start;
+  string(`${scheme}://${host}${url}`);
 }
 
 /** A header value as Node decoded it (latin1): see headerText for bytes beyond ASCII. */
@@ -285,7 +340,7 @@ function fieldName(
   }
   reserve(to - from + 3);
   const buffer = out;
-  let at = pos;
+  let at = pos | 0;
   buffer[at++] = QUOTE;
   for (let i = from; i < to; i++) {
     const c = source.charCodeAt(i);
@@ -320,7 +375,7 @@ function requestHeaders(raw: readonly string[], redact: ReadonlySet<string> | nu
       text(JSON.stringify(headersFromRaw(raw, redact)));
       return;
     }
-    if (redacted(list, name, 0, name.length)) ascii('"REDACTED"');
+    if (redacted(list, name, 0, name.length)) piece(PIECES.redacted);
     else headerValue(raw[i + 1] as string);
   }
   byte(0x7d);
@@ -328,7 +383,7 @@ function requestHeaders(raw: readonly string[], redact: ReadonlySet<string> | nu
 
 function responseHeadersPart(response: CapturedResponse | null, redact: ReadonlySet<string> | null): void {
   if (response === null) {
-    ascii('{}');
+    piece(PIECES.emptyObject);
     return;
   }
   const head = response.head;
@@ -353,7 +408,7 @@ function responseHeadersPart(response: CapturedResponse | null, redact: Readonly
         text(JSON.stringify(responseHeaders(response, redact)));
         return;
       }
-      if (redacted(list, head, at, colon)) ascii('"REDACTED"');
+      if (redacted(list, head, at, colon)) piece(PIECES.redacted);
       else headLineValue(head, colon + 1, end);
       index++;
     }
@@ -375,7 +430,7 @@ function headLineValue(head: string, from: number, to: number): void {
 function query(url: string): void {
   const mark = url.indexOf('?');
   if (mark === -1) {
-    ascii('{}');
+    piece(PIECES.emptyObject);
     return;
   }
   // A '#' before the '?' leaves the query empty.
