@@ -335,6 +335,23 @@ describe('RecordQueue', () => {
     checkInvariant(queue);
   });
 
+  it('at the bound, makes no new ring as records go round it: they continue past its end', () => {
+    const queue = new RecordQueue(64 * 1024);
+    const lines: string[] = [];
+    // Sizes that do not divide the ring: over 40 trips round it, records keep landing across its end.
+    for (let i = 0; i < 3000; i++) {
+      const line = `#${i}:${'y'.repeat(700 + ((i * 37) % 500))}\r\n`;
+      lines.push(line);
+      queue.push(line);
+    }
+    assert.equal(queue.ringAllocations, 1, 'one ring, made once');
+    assert.equal(queue.ringBytes, 64 * 1024);
+    const counts = checkInvariant(queue);
+    const kept = lines.slice(lines.length - counts.buffered);
+    assert.ok(counts.dropped > 2000, `the oldest were dropped (${counts.dropped})`);
+    assert.deepEqual(queue.take(Infinity)?.lines, kept, 'the newest records, intact and in order');
+  });
+
   it('stays correct after compacting a long consumed front', () => {
     const queue = new RecordQueue(1_000_000);
     for (let i = 0; i < 3000; i++) push(queue, `r${i},`, 1);
