@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
-import type { IncomingMessage, ServerResponse } from 'node:http';
+import nodeHttp, { type IncomingMessage, type ServerResponse } from 'node:http';
 import http2 from 'node:http2';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
@@ -13,7 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import connect from 'connect';
 import express5 from 'express';
 import tcplog = require('../lib/index.js');
-import { LineServer, freePort, invariant, listen, request, startLineServer } from './helpers.js';
+import { LineServer, freePort, invariant, listen, rawExchange, request, startLineServer } from './helpers.js';
 
 // Express 4 is installed as the dev alias `express4`; its types are close enough to 5's for a spec.
 const express4 = require('express4') as typeof express5;
@@ -170,6 +170,55 @@ describe('works with', () => {
       session.close();
       server.close();
       await once(server, 'close');
+    }
+  });
+});
+
+describe('servers made with their own ServerResponse class, and HTTP/1.0', () => {
+  let receiver: LineServer;
+  let mw: tcplog.Middleware;
+
+  before(async () => {
+    receiver = await startLineServer();
+    mw = tcplog({ host: '127.0.0.1', port: receiver.port });
+  });
+
+  after(async () => {
+    await mw.close();
+    await receiver.close();
+  });
+
+  it('a writeHead of the class itself is timed, and what it adds is logged', async () => {
+    class OwnHead extends nodeHttp.ServerResponse {}
+    // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to the response below
+    const inherited = nodeHttp.ServerResponse.prototype.writeHead;
+    OwnHead.prototype.writeHead = function ownWriteHead(this: nodeHttp.ServerResponse, ...args: unknown[]) {
+      this.setHeader('x-own-head', 'yes');
+      return Reflect.apply(inherited, this, args) as nodeHttp.ServerResponse;
+    };
+    const app = express5();
+    app.use(mw);
+    app.get('/own', (_req, res) => {
+      res.send('own head');
+    });
+    const server = await listen(app, { ServerResponse: OwnHead as typeof nodeHttp.ServerResponse });
+    try {
+      // HTTP/1.0, no Host: request_uri falls back to the socket's address.
+      const text = 'GET /own?v=1 HTTP/1.0\r\n\r\n';
+      const received = await rawExchange(server.port, text, () => false);
+      assert.match(received.toString('latin1'), /^HTTP\/1\.1 200 .*\r\nx-own-head: yes\r\n/s);
+      await receiver.waitForLines(1);
+      const [record] = receiver.records();
+      assert.equal(record?.['request'].uri, '/own?v=1');
+      assert.equal(record?.['request'].request_uri, `http://127.0.0.1:${server.port}/own?v=1`);
+      assert.equal(record?.['request'].size, Buffer.byteLength(text));
+      assert.equal(record?.['response'].status, 200);
+      assert.equal(record?.['response'].size, received.length);
+      assert.equal(record?.['response'].headers['x-own-head'], 'yes');
+      assert.equal(typeof record?.['latencies'].proxy, 'number', 'the head was timed');
+      assert.ok(invariant(mw.stats()));
+    } finally {
+      await server.close();
     }
   });
 });
