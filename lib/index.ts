@@ -8,7 +8,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type * as Client from './client.js';
 import { TcpLogDeliveryError, PACKAGE, TcpLogOptionRangeError, TcpLogOptionTypeError } from './errors.js';
-import { createHandler, type Handler, type Instance, type Next } from './middleware.js';
+import { createHandler, releaseHandler, type Handler, type Instance, type Next } from './middleware.js';
 import { parseOptions } from './options.js';
 import type * as Options from './options.js';
 import type * as Record from './record.js';
@@ -120,6 +120,7 @@ function createTcplog(target: unknown, more?: unknown, ...rest: unknown[]): TcpL
   middleware.close = function close(): Promise<void> {
     if (!closing) {
       instance.closed = true;
+      releaseHandler();
       closing = (async function flushAndRelease() {
         await client.flush(settings.destination.timeout);
         const dropped = releaseClient(client, settings.onError);

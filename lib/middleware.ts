@@ -113,6 +113,7 @@ const marksBySocket = new WeakMap<Socket, SocketMarks>();
 
 export function createHandler(instance: Instance): Handler {
   installSharedHooks();
+  if (openInstances++ === 0) serverRequest.subscribe(onServerRequest);
   return function tcplogMiddleware(req: IncomingMessage, res: ServerResponse, next: Next): void {
     try {
       capture(instance, req, res);
@@ -248,6 +249,17 @@ function announcesFinish(res: ServerResponse): boolean {
 
 /** The name of the handler Node's HTTP server attaches to every response's 'finish'. */
 const SERVER_FINISH = 'bound resOnFinish';
+/**
+ * Instances made and not yet closed: while there are none, requests are not read at Node's
+ * announcement, so that a process whose loggers are all closed pays nothing per request.
+ */
+let openInstances = 0;
+
+/** An instance was closed (once): the last one stops the reading of requests as they come. */
+export function releaseHandler(): void {
+  if (openInstances > 0 && --openInstances === 0) serverRequest.unsubscribe(onServerRequest);
+}
+
 /** Kept here as well: a channel must live as long as its subscription. */
 const serverFinish = diagnostics.channel('http.server.response.finish');
 const serverRequest = diagnostics.channel('http.server.request.start');
@@ -330,8 +342,9 @@ let sharedHook: WriteHead | null = null;
 
 function installSharedHooks(): void {
   if (sharedHook !== null) return;
+  // Never undone: exchanges already made count on it (so do their sockets' marks), and with no
+  // exchange it costs one WeakMap lookup per response.
   serverFinish.subscribe(onServerFinish);
-  serverRequest.subscribe(onServerRequest);
   const prototype = ServerResponse.prototype;
   // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to `this` below
   const original = prototype.writeHead;

@@ -223,6 +223,60 @@ describe('servers made with their own ServerResponse class, and HTTP/1.0', () =>
   });
 });
 
+describe('once every instance is closed', () => {
+  it('requests are no longer read as Node announces them; a new instance reads them again', async () => {
+    const lib = path.resolve(__dirname, '../lib/index.js');
+    const script = `
+      const dc = require('node:diagnostics_channel');
+      const net = require('node:net');
+      const express = require('express');
+      const tcplog = require(${JSON.stringify(lib)});
+      const start = dc.channel('http.server.request.start');
+      const receiver = net.createServer((socket) => {
+        socket.setEncoding('utf8');
+        socket.on('data', (text) => {
+          console.log(JSON.stringify({ states, uri: JSON.parse(text.split('\\r\\n')[0]).request.uri }));
+          process.exit(0);
+        });
+      });
+      const states = [start.hasSubscribers];
+      receiver.listen(0, '127.0.0.1', async () => {
+        const port = receiver.address().port;
+        const a = tcplog({ host: '127.0.0.1', port });
+        const b = tcplog({ host: '127.0.0.1', port });
+        states.push(start.hasSubscribers);
+        await a.close();
+        await a.close();
+        states.push(start.hasSubscribers);
+        await b.close();
+        states.push(start.hasSubscribers);
+        const c = tcplog({ host: '127.0.0.1', port });
+        states.push(start.hasSubscribers);
+        const app = express();
+        app.use(c);
+        app.get('/again', (req, res) => res.send('ok'));
+        const server = app.listen(0, '127.0.0.1', async () => {
+          const res = await fetch('http://127.0.0.1:' + server.address().port + '/again?n=1');
+          await res.text();
+        });
+      });`;
+    const child = spawn(process.execPath, ['-e', script], {
+      cwd: path.resolve(__dirname, '../..'),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    const killer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+    const [code] = (await once(child, 'exit')) as [number | null];
+    clearTimeout(killer);
+    assert.equal(code, 0, output);
+    const result = JSON.parse(output) as { states: boolean[]; uri: string };
+    assert.deepEqual(result.states, [false, true, true, false, true], 'subscribed while an instance is open');
+    assert.equal(result.uri, '/again?n=1');
+  });
+});
+
 describe('never keeps the process alive', () => {
   it('an Express app logging to a dead server exits on its own once its HTTP server closes', async () => {
     const deadPort = await freePort();
