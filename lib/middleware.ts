@@ -221,16 +221,16 @@ function onServerRequest(message: unknown): void {
     socket,
   } = message as { request: IncomingMessage; response: TrackedResponse; socket: Socket };
   try {
-    arrive(req, res, socket, {
-      method: req.method ?? 'GET',
-      url: req.url ?? '/',
-      httpVersion: req.httpVersion,
-      rawHeaders: req.rawHeaders,
-    });
+    arrive(req, res, socket, sentRequest(req, req.url ?? '/'));
   } catch {
     // A subscriber's throw would reach the app as an uncaught exception. The middleware then
     // makes the exchange itself, from `req`.
   }
+}
+
+/** The request line and headers of `req`, with `url` (Express keeps the original apart). */
+function sentRequest(req: IncomingMessage, url: string): SentRequest {
+  return { method: req.method ?? 'GET', url, httpVersion: req.httpVersion, rawHeaders: req.rawHeaders };
 }
 
 /**
@@ -293,24 +293,27 @@ function mayHaveBody(req: IncomingMessage): boolean {
  * once, which showed in the profile as a good part of this middleware's time.
  */
 function rawHeader(raw: readonly string[], name: string): string | undefined {
-  for (let i = 0; i + 1 < raw.length; i += 2) {
-    const key = raw[i] as string;
-    if (key.length === name.length && key.toLowerCase() === name) return raw[i + 1];
-  }
-  return undefined;
+  const at = headerIndex(raw, name, 0);
+  return at === -1 ? undefined : raw[at + 1];
 }
 
 /** Every value of a header, joined with ", " as `req.headers` joins a repeated `x-` header. */
 function joinedRawHeader(raw: readonly string[], name: string): string | undefined {
   let joined: string | undefined;
-  for (let i = 0; i + 1 < raw.length; i += 2) {
-    const key = raw[i] as string;
-    if (key.length === name.length && key.toLowerCase() === name) {
-      const value = raw[i + 1] as string;
-      joined = joined === undefined ? value : `${joined}, ${value}`;
-    }
+  for (let at = headerIndex(raw, name, 0); at !== -1; at = headerIndex(raw, name, at + 2)) {
+    const value = raw[at + 1] as string;
+    joined = joined === undefined ? value : `${joined}, ${value}`;
   }
   return joined !== undefined && joined.length > 0 ? joined : undefined;
+}
+
+/** Where the next header named `name` (lower case) is in `raw`, from `from` on; -1 if nowhere. */
+function headerIndex(raw: readonly string[], name: string, from: number): number {
+  for (let i = from; i + 1 < raw.length; i += 2) {
+    const key = raw[i] as string;
+    if (key.length === name.length && key.toLowerCase() === name) return i;
+  }
+  return -1;
 }
 
 /**
@@ -493,12 +496,14 @@ function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchang
   const { req, socket, sent } = exchange;
   const route = req.route;
   const trusting = trustsProxy(req);
-  const rawHeaders = sent !== null ? sent.rawHeaders : req.rawHeaders;
+  // What the client sent: from Node's parser, before any middleware could change it, when Node
+  // announced the request; else as `req` has it now.
+  const request = sent ?? sentRequest(req, req.originalUrl ?? req.url ?? '/');
+  const { rawHeaders } = request;
   return {
-    // What the client sent: Node's parser made these before any middleware could change them.
-    method: sent !== null ? sent.method : (req.method ?? 'GET'),
-    url: sent !== null ? sent.url : (req.originalUrl ?? req.url ?? '/'),
-    httpVersion: sent !== null ? sent.httpVersion : req.httpVersion,
+    method: request.method,
+    url: request.url,
+    httpVersion: request.httpVersion,
     rawHeaders,
     requestBodyBytes: exchange.bodyBytes,
     scheme:
