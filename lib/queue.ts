@@ -165,10 +165,11 @@ export class RecordQueue {
     const droppedBefore = this.#dropped;
     const length = Buffer.byteLength(line);
     const at = this.#admit(length, counted ?? length);
-    if (at === -1) return this.#dropped - droppedBefore;
-    const ring = this.#ring as Buffer;
-    if (at + length <= ring.length) ring.write(line, at, length, 'utf8');
-    else copyIn(Buffer.from(line, 'utf8'), length, ring, at);
+    if (at !== -1) {
+      const ring = this.#ring as Buffer;
+      if (at + length <= ring.length) ring.write(line, at, length, 'utf8');
+      else copyIn(Buffer.from(line, 'utf8'), length, ring, at);
+    }
     return this.#dropped - droppedBefore;
   }
 
