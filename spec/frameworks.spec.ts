@@ -223,6 +223,21 @@ describe('servers made with their own ServerResponse class, and HTTP/1.0', () =>
   });
 });
 
+/** Runs `script` in a Node process of its own, from the project root; killed after 15 s. */
+async function runNode(script: string): Promise<{ code: number | null; signal: string | null; output: string }> {
+  const child = spawn(process.execPath, ['-e', script], {
+    cwd: path.resolve(__dirname, '../..'),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let output = '';
+  child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+  const killer = setTimeout(() => child.kill('SIGKILL'), 15_000);
+  const [code, signal] = (await once(child, 'exit')) as [number | null, string | null];
+  clearTimeout(killer);
+  return { code, signal, output };
+}
+
 describe('once every instance is closed', () => {
   it('requests are no longer read as Node announces them; a new instance reads them again', async () => {
     const lib = path.resolve(__dirname, '../lib/index.js');
@@ -260,16 +275,7 @@ describe('once every instance is closed', () => {
           await res.text();
         });
       });`;
-    const child = spawn(process.execPath, ['-e', script], {
-      cwd: path.resolve(__dirname, '../..'),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let output = '';
-    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    const killer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-    const [code] = (await once(child, 'exit')) as [number | null];
-    clearTimeout(killer);
+    const { code, output } = await runNode(script);
     assert.equal(code, 0, output);
     const result = JSON.parse(output) as { states: boolean[]; uri: string };
     assert.deepEqual(result.states, [false, true, true, false, true], 'subscribed while an instance is open');
@@ -292,16 +298,7 @@ describe('never keeps the process alive', () => {
         await res.text();
         server.close(() => console.log('closed'));
       });`;
-    const child = spawn(process.execPath, ['-e', script], {
-      cwd: path.resolve(__dirname, '../..'),
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
-    let output = '';
-    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
-    const killer = setTimeout(() => child.kill('SIGKILL'), 15_000);
-    const [code, signal] = (await once(child, 'exit')) as [number | null, string | null];
-    clearTimeout(killer);
+    const { code, signal, output } = await runNode(script);
     assert.equal(signal, null, `the child had to be killed: it did not exit by itself. Output: ${output}`);
     assert.equal(code, 0, output);
     assert.match(output, /closed/);
