@@ -49,6 +49,14 @@ for (const mode of config.modes) {
   if (!(mode in FORMATS)) throw new Error(`unknown mode ${mode}; known: ${Object.keys(FORMATS).join(', ')}`);
 }
 
+/** Per-thread-name CPU µs over the segment (null where the app could not tell). */
+function threadDelta(before, after) {
+  if (!before || !after) return null;
+  const delta = {};
+  for (const [name, micros] of Object.entries(after)) delta[name] = micros - (before[name] ?? 0);
+  return delta;
+}
+
 function cpuMicros(before, after) {
   return after.cpu.user - before.cpu.user + (after.cpu.system - before.cpu.system);
 }
@@ -100,6 +108,7 @@ async function runRound(round, sinks, load) {
           latency: result.latency,
           rss: after.rss,
           stats: after.stats,
+          threadMicros: threadDelta(before.threads, after.threads),
         });
       }
     }
@@ -130,6 +139,11 @@ async function runRound(round, sinks, load) {
         cpuMicros: cpu,
         cpuPerRequest: cpu / requests,
         systemPerRequest: runs.reduce((n, s) => n + s.systemMicros, 0) / requests,
+        // V8's compiler and GC helpers: level across modes in every run so far (about 15 % of
+        // bare Express's CPU), so not where a logger's cost hides.
+        otherThreadsPerRequest: runs.every((s) => s.threadMicros)
+          ? runs.reduce((n, s) => n + (s.threadMicros.other ?? 0), 0) / requests
+          : null,
         rps: median(runs.map((s) => s.rps)),
         appCpuFraction: median(runs.map((s) => s.appCpuFraction)),
         loadCpuFraction: median(runs.map((s) => s.loadCpuFraction)),
@@ -193,6 +207,9 @@ function summarize(samples, segments) {
       rounds: runs.length,
       cpuPerRequest: median(runs.map((r) => r.cpuPerRequest)),
       systemPerRequest: median(runs.map((r) => r.systemPerRequest)),
+      otherThreadsPerRequest: runs.every((r) => r.otherThreadsPerRequest !== null)
+        ? median(runs.map((r) => r.otherThreadsPerRequest))
+        : null,
       rps: median(runs.map((r) => r.rps)),
       p99: median(runs.map((r) => r.p99)),
       rss: median(runs.map((r) => r.rss)),
@@ -282,7 +299,8 @@ async function main() {
         console.log(
           `  round ${round + 1} ${sample.mode.padEnd(14)} ${sample.cpuPerRequest.toFixed(1).padStart(6)} µs/req ` +
             `(${paired === null ? '-' : paired.toFixed(2)}× none) ` +
-            `(kernel ${sample.systemPerRequest.toFixed(1)}) ` +
+            `(kernel ${sample.systemPerRequest.toFixed(1)}` +
+            `${sample.otherThreadsPerRequest === null ? '' : `, other threads ${sample.otherThreadsPerRequest.toFixed(1)}`}) ` +
             `${Math.round(sample.rps).toString().padStart(6)} req/s p99 ${sample.p99} ms${delivered} ` +
             `(cpu busy: app ${sample.appCpuFraction.toFixed(2)}, autocannon ${sample.loadCpuFraction.toFixed(2)})`,
         );
