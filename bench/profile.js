@@ -1,8 +1,8 @@
 'use strict';
 /**
- * CPU profile of the app under the benchmark's load, one mode after another (default: `none`
- * then `express-tcplog`), with V8's sampling profiler (`node --cpu-prof`). Only the samples of
- * the measured window count; they are summarized as µs per request by area (our dist/, each
+ * CPU profile of the app under the benchmark's load in each mode (default: `none` and
+ * `express-tcplog`), with V8's sampling profiler (`node --cpu-prof`). The modes take turns in
+ * segments, as in run.js. Only the samples of the measured windows count; they are summarized as µs per request by area (our dist/, each
  * dependency, Node internals, GC), the top functions by self time, and the inclusive time of
  * express-tcplog's own functions. The .cpuprofile files stay in bench/results/profiles/ for
  * Chrome DevTools or speedscope.
@@ -10,6 +10,7 @@
  *   PROFILE_MODES      default none,express-tcplog
  *   BENCH_REQUESTS     default 20000
  *   BENCH_WARMUP       default 2000
+ *   BENCH_SEGMENTS     default 20: the modes take turns, BENCH_REQUESTS / BENCH_SEGMENTS at a time
  *   PROFILE_INTERVAL   sampling interval in µs, default 200
  */
 const fs = require('node:fs');
@@ -30,6 +31,7 @@ const modes = (process.env.PROFILE_MODES || 'none,express-tcplog').split(',').ma
 const requests = envInt('BENCH_REQUESTS', 20_000);
 const warmup = envInt('BENCH_WARMUP', 2_000);
 const interval = envInt('PROFILE_INTERVAL', 200);
+const segments = envInt('BENCH_SEGMENTS', 20);
 const PROFILE_DIR = path.join(RESULTS_DIR, 'profiles');
 
 /** Where a frame's code lives: our dist/, a package, a Node internal module, or V8 itself. */
@@ -53,8 +55,8 @@ function label(frame) {
   return `${frame.functionName || '(anonymous)'} ${file}${file ? `:${frame.lineNumber + 1}` : ''}`;
 }
 
-/** Self and inclusive time (µs) per area and per function, for samples inside [from, to]. */
-function analyze(profile, from, to) {
+/** Self and inclusive time (µs) per area and per function, for samples inside the windows. */
+function analyze(profile, windows) {
   const nodes = new Map(profile.nodes.map((n) => [n.id, n]));
   const parent = new Map();
   for (const n of profile.nodes) for (const c of n.children || []) parent.set(c, n.id);
@@ -67,7 +69,7 @@ function analyze(profile, from, to) {
   const add = (map, key, us) => map.set(key, (map.get(key) || 0) + us);
   for (let i = 0; i < profile.samples.length; i++) {
     t += profile.timeDeltas[i];
-    if (t < from || t > to) continue;
+    if (!windows.some(([from, to]) => t >= from && t <= to)) continue;
     const us = profile.timeDeltas[i + 1] ?? profile.timeDeltas[i];
     const leaf = nodes.get(profile.samples[i]);
     if (leaf.callFrame.functionName === '(idle)') continue;
@@ -89,7 +91,8 @@ function analyze(profile, from, to) {
   return { total, selfArea, selfFn, inclusiveOurs, insideOurs };
 }
 
-async function profileMode(mode, sink, load) {
+/** Starts one mode's app under V8's sampling profiler and warms it up. */
+async function startProfiled(mode, sink, load) {
   fs.mkdirSync(PROFILE_DIR, { recursive: true });
   const name = `${mode}-${Date.now()}.cpuprofile`;
   const app = await startApp(mode, sink.port, {
@@ -103,19 +106,40 @@ async function profileMode(mode, sink, load) {
       `${interval}`,
     ],
   });
+  await load.call('run', { url: app.url, amount: warmup });
+  if (FORMATS[mode]) await waitForSink(sink, (await sink.call('count')).lines + warmup);
+  return { mode, name, app, windows: [], cpu: 0, requests: 0 };
+}
+
+/**
+ * The modes take turns segment by segment, the order rotated each time, as in run.js: run one
+ * after the other, a host whose speed drifts made every function of the second mode look slower
+ * (Express's own router doubled in one run), which hid what the logger itself adds.
+ */
+async function profileModes(sink, load) {
+  const runs = [];
   try {
-    await load.call('run', { url: app.url, amount: warmup });
-    if (FORMATS[mode]) await waitForSink(sink, (await sink.call('count')).lines + warmup);
-    const before = await app.call('snapshot');
-    const result = await load.call('run', { url: app.url, amount: requests });
-    const after = await app.call('snapshot');
-    await app.stop(30_000);
-    const profile = JSON.parse(fs.readFileSync(path.join(PROFILE_DIR, name), 'utf8'));
-    const cpu = after.cpu.user - before.cpu.user + after.cpu.system - before.cpu.system;
-    return { mode, file: path.join('bench/results/profiles', name), profile, before, after, result, cpu };
+    for (const mode of modes) runs.push(await startProfiled(mode, sink, load));
+    const perSegment = Math.ceil(requests / segments);
+    for (let segment = 0; segment < segments; segment++) {
+      const shift = segment % runs.length;
+      for (const run of [...runs.slice(shift), ...runs.slice(0, shift)]) {
+        const before = await run.app.call('snapshot');
+        const result = await load.call('run', { url: run.app.url, amount: perSegment });
+        const after = await run.app.call('snapshot');
+        run.windows.push([before.monotonicMicros, after.monotonicMicros]);
+        run.cpu += after.cpu.user - before.cpu.user + after.cpu.system - before.cpu.system;
+        run.requests += result.requests;
+      }
+    }
   } finally {
-    await app.stop();
+    for (const run of runs) await run.app.stop(30_000);
   }
+  return runs.map((run) => ({
+    ...run,
+    file: path.join('bench/results/profiles', run.name),
+    profile: JSON.parse(fs.readFileSync(path.join(PROFILE_DIR, run.name), 'utf8')),
+  }));
 }
 
 function top(map, n) {
@@ -127,21 +151,17 @@ async function main() {
   const source = sourceInfo();
   const sink = await startSink();
   const load = await startLoad();
-  const runs = [];
+  let runs;
   try {
-    for (const mode of modes) runs.push(await profileMode(mode, sink, load));
+    runs = await profileModes(sink, load);
   } finally {
     await Promise.all([sink.stop(), load.stop()]);
   }
 
   const summaries = runs.map((run) => {
-    const from = run.before.monotonicMicros;
-    const to = run.after.monotonicMicros;
-    const inWindow = from >= run.profile.startTime && to <= run.profile.endTime;
-    const analysis = inWindow
-      ? analyze(run.profile, from, to)
-      : analyze(run.profile, run.profile.startTime, run.profile.endTime);
-    return { ...run, analysis, inWindow, n: run.result.requests };
+    const inWindow = run.windows.every(([from, to]) => from >= run.profile.startTime && to <= run.profile.endTime);
+    const windows = inWindow ? run.windows : [[run.profile.startTime, run.profile.endTime]];
+    return { ...run, analysis: analyze(run.profile, windows), inWindow, n: run.requests };
   });
 
   const perReq = (us, n) => (us / n).toFixed(2);
