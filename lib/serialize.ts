@@ -5,9 +5,10 @@
  * and so do thousands of generated hostile exchanges). Building the record as objects, then as a
  * string, then encoding that string cost about three times as much, most of it in short-lived
  * objects and strings the garbage collector then had to sweep: this writes ASCII a character at
- * a time and allocates nothing on the usual path. Each part has a fast path for what requests
- * nearly always are (distinct header names, printable ASCII, plain query pairs) and hands
- * anything else to record.ts, which stays the one definition of the record.
+ * a time and allocates nothing on the usual path, and copies the header items that repeat the
+ * record before (see Section). Each part has a fast path for what requests nearly always are
+ * (distinct header names, printable ASCII, plain query pairs) and hands anything else to
+ * record.ts, which stays the one definition of the record.
  */
 import type { RecordSettings } from './options.js';
 import {
@@ -338,10 +339,37 @@ function sameName(a: string, aFrom: number, aTo: number, b: string, bFrom: numbe
 }
 
 /**
- * Writes `"name":` for `source[from, to)` lower-cased, if the fast path can: a token of printable
- * ASCII, not led by a digit (JSON.stringify puts index-like keys first), not a repeat of an
- * earlier name of the section (the object path makes repeats arrays), within MAX_FAST_FIELDS.
- * Returns false, having written nothing, when it cannot.
+ * Whether `source[from, to)` can be a name on the fast path, and if so notes it for the repeat
+ * checks of the names after it: not empty, not led by a digit (JSON.stringify puts index-like
+ * keys first), not a repeat of an earlier name of the section (the object path makes repeats
+ * arrays), within MAX_FAST_FIELDS.
+ */
+function newName(source: string, from: number, to: number, index: number, sources: readonly string[] | null): boolean {
+  if (index >= MAX_FAST_FIELDS || to <= from) return false;
+  const first = source.charCodeAt(from);
+  if (first >= 0x30 && first <= 0x39) return false;
+  if (index === 0) nameLengths = 0;
+  if ((nameLengths & lengthBit(to - from)) !== 0) {
+    for (let i = 0; i < index; i++) {
+      const other = sources === null ? source : (sources[2 * i] as string);
+      if (sameName(source, from, to, other, nameStarts[i] as number, nameEnds[i] as number)) return false;
+    }
+  }
+  noteName(from, to, index);
+  return true;
+}
+
+/** Notes the name at `[from, to)` as the section's `index`th, for the repeat checks after it. */
+function noteName(from: number, to: number, index: number): void {
+  if (index === 0) nameLengths = 0;
+  nameStarts[index] = from;
+  nameEnds[index] = to;
+  nameLengths |= lengthBit(to - from);
+}
+
+/**
+ * Writes `"name":` for `source[from, to)` lower-cased, if the fast path can (see newName; the name
+ * must also be a token of printable ASCII). Returns false, having written nothing, when it cannot.
  */
 function fieldName(
   source: string,
@@ -350,17 +378,7 @@ function fieldName(
   index: number,
   sources: readonly string[] | null,
 ): boolean {
-  if (index >= MAX_FAST_FIELDS || to <= from) return false;
-  const first = source.charCodeAt(from);
-  if (first >= 0x30 && first <= 0x39) return false;
-  if (index === 0) nameLengths = 0;
-  const bit = lengthBit(to - from);
-  if ((nameLengths & bit) !== 0) {
-    for (let i = 0; i < index; i++) {
-      const other = sources === null ? source : (sources[2 * i] as string);
-      if (sameName(source, from, to, other, nameStarts[i] as number, nameEnds[i] as number)) return false;
-    }
-  }
+  if (!newName(source, from, to, index, sources)) return false;
   reserve(to - from + 3);
   const buffer = out;
   let at = pos | 0;
@@ -374,9 +392,6 @@ function fieldName(
   buffer[at++] = QUOTE;
   buffer[at++] = COLON;
   pos = at;
-  nameStarts[index] = from;
-  nameEnds[index] = to;
-  nameLengths |= bit;
   return true;
 }
 
@@ -387,22 +402,147 @@ function redacted(list: RedactList | null, source: string, from: number, to: num
   return false;
 }
 
+// --- Repeated headers ----------------------------------------------------------------------
+
+/**
+ * The header section last written on the fast path, item by item (a request header's name and
+ * value; a line of a response head), with the bytes each item became. A client sends the same
+ * headers request after request, and a route's responses share most of theirs: an item with the
+ * same text at the same place as last time is copied from here, not written a character at a
+ * time again (about 40 instructions a character). Its bytes are the same because they follow
+ * from its text alone, given the same redaction list and, for the repeat check, the same names
+ * before it (when one of those differed, the check is made again).
+ */
+class Section {
+  /** The text of each item: a request's name and value at 2i and 2i + 1, a head's line at i. */
+  keys: string[] = [];
+  count = 0;
+  list: RedactList | null = null;
+  /** Each item's bytes in `bytes`, which holds the whole section from its `{`. */
+  readonly starts = new Int32Array(MAX_FAST_FIELDS);
+  readonly ends = new Int32Array(MAX_FAST_FIELDS);
+  /** Head lines: where the colon is, from the line's start. */
+  readonly colons = new Int32Array(MAX_FAST_FIELDS);
+  bytes = Buffer.allocUnsafe(4096);
+}
+
+/** Sections larger than this are not kept (a hostile request may carry 64 KiB of headers). */
+const MAX_SECTION_BYTES = 16 * 1024;
+/** Below this many bytes a loop copies faster than Buffer#copy, which costs about 600 instructions. */
+const NATIVE_COPY_BYTES = 64;
+
+const requestSection = new Section();
+const headSection = new Section();
+
+/**
+ * The lines of the head being written and where their colons are: the section's keys once it is
+ * written (the cached ones must stay as they are until then: the section may yet take the object
+ * path).
+ */
+const lineKeys: string[] = [];
+const lineColons = new Int32Array(MAX_FAST_FIELDS);
+/** Where the items of the section being written are, from its `{`. */
+const itemStarts = new Int32Array(MAX_FAST_FIELDS);
+const itemEnds = new Int32Array(MAX_FAST_FIELDS);
+/**
+ * Repeated items in a row are copied as one run, the commas between them included: the run's
+ * bytes in the cached section (from -1 when there is none) and where it goes in `out`.
+ */
+let runFrom = -1;
+let runTo = 0;
+let runOut = 0;
+
+/** Takes item `index` of `section` into the run, noting where it lands. */
+function repeatItem(section: Section, index: number, start: number): void {
+  if (runFrom === -1) {
+    if (index > 0) byte(COMMA);
+    runFrom = section.starts[index] as number;
+    runOut = pos;
+  }
+  runTo = section.ends[index] as number;
+  const at = runOut - start + ((section.starts[index] as number) - runFrom);
+  itemStarts[index] = at;
+  itemEnds[index] = at + (runTo - (section.starts[index] as number));
+}
+
+/** Writes the pending run, if any. */
+function endRun(section: Section): void {
+  if (runFrom === -1) return;
+  const from = runFrom;
+  const length = runTo - from;
+  runFrom = -1;
+  reserve(length);
+  const source = section.bytes;
+  if (length >= NATIVE_COPY_BYTES) {
+    source.copy(out, pos, from, runTo);
+    pos += length;
+    return;
+  }
+  const buffer = out;
+  let at = pos | 0;
+  for (let i = from; i < runTo; i++) buffer[at++] = source[i] as number;
+  pos = at;
+}
+
+/** Keeps the section just written, `out[start, pos)`, with `count` items, for the next one. */
+function remember(section: Section, start: number, count: number, list: RedactList | null): void {
+  const length = pos - start;
+  if (length > MAX_SECTION_BYTES) {
+    section.count = 0;
+    return;
+  }
+  if (section.bytes.length < length) section.bytes = Buffer.allocUnsafe(Math.max(length, section.bytes.length * 2));
+  out.copy(section.bytes, 0, start, pos);
+  section.starts.set(itemStarts.subarray(0, count));
+  section.ends.set(itemEnds.subarray(0, count));
+  section.count = count;
+  section.list = list;
+}
+
+// --- Header sections -----------------------------------------------------------------------
+
 function requestHeaders(raw: readonly string[], redact: ReadonlySet<string> | null): void {
   const list = redactList(redact);
+  const section = requestSection;
+  runFrom = -1;
+  const keys = section.keys;
+  const usable = section.list === list ? section.count : 0;
   const start = pos;
   byte(0x7b);
-  for (let i = 0, index = 0; i + 1 < raw.length; i += 2, index++) {
+  // Whether every item so far repeats the last section's: then so do their names.
+  let same = true;
+  let index = 0;
+  for (let i = 0; i + 1 < raw.length; i += 2, index++) {
     const name = raw[i] as string;
-    if (index > 0) byte(COMMA);
-    if (!fieldName(name, 0, name.length, index, raw)) {
-      pos = start;
-      text(JSON.stringify(headersFromRaw(raw, redact)));
-      return;
+    const value = raw[i + 1] as string;
+    if (index < usable && name === keys[i] && value === keys[i + 1]) {
+      if (same) noteName(0, name.length, index);
+      else if (!newName(name, 0, name.length, index, raw)) break;
+      repeatItem(section, index, start);
+      continue;
     }
+    endRun(section);
+    same = false;
+    if (index > 0) byte(COMMA);
+    itemStarts[index] = pos - start;
+    if (!fieldName(name, 0, name.length, index, raw)) break;
     if (redacted(list, name, 0, name.length)) piece(PIECES.redacted);
-    else headerValue(raw[i + 1] as string);
+    else headerValue(value);
+    itemEnds[index] = pos - start;
   }
+  if (2 * index + 1 < raw.length) {
+    // A name the fast path cannot write: the whole section takes the object path.
+    runFrom = -1;
+    pos = start;
+    text(JSON.stringify(headersFromRaw(raw, redact)));
+    return;
+  }
+  endRun(section);
   byte(0x7d);
+  if (!same || index !== section.count || section.list !== list) {
+    remember(section, start, index, list);
+    section.keys = raw.slice(0, 2 * index);
+  }
 }
 
 function responseHeadersPart(response: CapturedResponse | null, redact: ReadonlySet<string> | null): void {
@@ -416,29 +556,68 @@ function responseHeadersPart(response: CapturedResponse | null, redact: Readonly
     return;
   }
   const list = redactList(redact);
+  const section = headSection;
+  runFrom = -1;
+  const keys = section.keys;
+  const usable = section.list === list ? section.count : 0;
   const start = pos;
   byte(0x7b);
+  let same = true;
+  let fast = true;
   // "HTTP/1.1 200 OK\r\nName: value\r\n...\r\n\r\n": the status line, then one header per line.
   let at = head.indexOf('\r\n') + 2;
   let index = 0;
   while (at > 1 && at < head.length) {
     let end = head.indexOf('\r\n', at);
     if (end === -1) end = head.length;
-    const colon = head.indexOf(':', at);
-    if (colon > at && colon < end) {
-      if (index > 0) byte(COMMA);
-      if (!fieldName(head, at, colon, index, null)) {
-        pos = start;
-        text(JSON.stringify(responseHeaders(response, redact)));
-        return;
+    const key = index < usable ? (keys[index] as string) : null;
+    // indexOf() compares in the runtime's own code; startsWith() here was compiled into a loop
+    // that read both strings a character at a time.
+    if (key !== null && end - at === key.length && head.indexOf(key, at) === at) {
+      const colon = at + (section.colons[index] as number);
+      if (same) noteName(at, colon, index);
+      else if (!newName(head, at, colon, index, null)) {
+        fast = false;
+        break;
       }
-      if (redacted(list, head, at, colon)) piece(PIECES.redacted);
-      else headLineValue(head, colon + 1, end);
+      repeatItem(section, index, start);
+      lineKeys[index] = key;
+      lineColons[index] = colon - at;
       index++;
+    } else {
+      const colon = head.indexOf(':', at);
+      if (colon > at && colon < end) {
+        endRun(section);
+        same = false;
+        if (index > 0) byte(COMMA);
+        itemStarts[index] = pos - start;
+        if (!fieldName(head, at, colon, index, null)) {
+          fast = false;
+          break;
+        }
+        if (redacted(list, head, at, colon)) piece(PIECES.redacted);
+        else headLineValue(head, colon + 1, end);
+        itemEnds[index] = pos - start;
+        lineKeys[index] = head.slice(at, end);
+        lineColons[index] = colon - at;
+        index++;
+      }
     }
     at = end + 2;
   }
+  if (!fast) {
+    runFrom = -1;
+    pos = start;
+    text(JSON.stringify(responseHeaders(response, redact)));
+    return;
+  }
+  endRun(section);
   byte(0x7d);
+  if (!same || index !== section.count || section.list !== list) {
+    remember(section, start, index, list);
+    section.keys = lineKeys.slice(0, index);
+    section.colons.set(lineColons.subarray(0, index));
+  }
 }
 
 /** The value of a response head line, trimmed as String#trim would. */

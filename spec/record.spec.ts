@@ -714,6 +714,100 @@ describe('serialize.ts writes exactly what record.ts builds', () => {
     assert.deepEqual(parsed['request'].querystring['k35'], ['35', 'again']);
   });
 
+  /** The same text in a new string, as Node's parser makes for every request. */
+  const fresh = (value: string): string => Buffer.from(value, 'latin1').toString('latin1');
+  const headOf = (lines: readonly string[]): string =>
+    `HTTP/1.1 200 OK\r\n${lines.map((l) => `${l}\r\n`).join('')}\r\n`;
+
+  it('headers the record before had: copied while they repeat, written again where they differ', () => {
+    const base = ['Host', 'a.test', 'Accept', '*/*', 'User-Agent', `agent ${'x'.repeat(80)}`, 'X-Id', '1'];
+    const lines = ['Content-Type: text/plain', `X-Long: ${'y'.repeat(80)}`, 'Date: one', 'Vary: Accept'];
+    const run = (raw: readonly string[], head: readonly string[], settings = SETTINGS): Json =>
+      record(
+        exchange({ rawHeaders: raw.map(fresh), response: { status: 200, head: headOf(head), headers: null } }),
+        settings,
+      );
+    run(base, lines);
+    // A name that repeats an earlier one which changed: the repeat check is made again.
+    const again = run(
+      ['Host', 'b.test', 'Host', 'a.test', 'User-Agent', `agent ${'x'.repeat(80)}`],
+      ['Content-Type: text/html', 'content-type: text/plain', `X-Long: ${'y'.repeat(80)}`],
+    );
+    assert.deepEqual(again['request'].headers['host'], ['b.test', 'a.test']);
+    assert.deepEqual(again['response'].headers['content-type'], ['text/html', 'text/plain']);
+    // A section that takes the object path after copied items leaves what was kept as it was.
+    run(['Host', 'a.test', 'Accept', '*/*', '9x', 'digit-led'], [...lines.slice(0, 2), '9x: digit-led']);
+    const back = run(base, lines);
+    assert.equal(back['request'].headers['user-agent'], `agent ${'x'.repeat(80)}`);
+    assert.equal(back['response'].headers['vary'], 'Accept');
+    // Another redaction list: the same headers, other bytes.
+    assert.equal(run(['Authorization', 'secret'], lines, NO_REDACT)['request'].headers['authorization'], 'secret');
+    assert.equal(run(['Authorization', 'secret'], lines, SETTINGS)['request'].headers['authorization'], 'REDACTED');
+    // Fewer headers than before, all repeated.
+    assert.deepEqual(Object.keys(run(base.slice(0, 4), lines.slice(0, 2))['request'].headers), ['host', 'accept']);
+  });
+
+  it('on 3000 exchanges in a row whose headers repeat, change, come and go, and repeat names', () => {
+    const ITEMS: Array<[string, string]> = [
+      ['Host', '127.0.0.1:3000'],
+      ['Accept', 'application/json'],
+      ['User-Agent', `Mozilla/5.0 (X11; Linux x86_64) ${'AppleWebKit/537.36 '.repeat(4)}`],
+      ['authorization', 'Bearer abc'],
+      ['Cookie', 'a=1'],
+      ['x-id', '7'],
+      ['X-Id', '8'],
+      ['accept', 'text/html'],
+      ['\u00e9t\u00e9', 'x'],
+      ['9x', 'digit-led'],
+      ['Tab', 'a\tb'],
+      ['Latin', 'caf\u00e9'],
+      ['Quote', '"q" \\'],
+    ];
+    const LINES = [
+      'X-Powered-By: Express',
+      'Content-Type: application/json; charset=utf-8',
+      'content-type: text/plain',
+      'Content-Length: 13',
+      'Content-Length: 14',
+      'ETag: W/"d-abc"',
+      'Date: Tue, 25 Nov 2025 11:00:00 GMT',
+      'Date: Tue, 25 Nov 2025 11:00:01 GMT',
+      `X-Long: ${'y'.repeat(80)}`,
+      'Set-Cookie: a=1',
+      'Set-Cookie: b=2',
+      'no colon here',
+      ': empty name',
+      'Caf\u00e9: x',
+      'X-Pad:   padded  ',
+    ];
+    const VALUES = ['1', '2', 'keep-alive', `${'z'.repeat(70)}`, '\u00ff', ''];
+    const mutate = <T>(list: T[], pool: readonly T[], change: (item: T) => T): T[] => {
+      const at = Math.floor(next() * (list.length + 1));
+      const op = next();
+      if (op < 0.4 || list.length === 0) return list;
+      const copy = [...list];
+      if (op < 0.6 && at < copy.length) copy[at] = change(copy[at] as T);
+      else if (op < 0.75) copy.splice(at, 0, pick(pool));
+      else if (op < 0.85) copy.splice(at, 1);
+      else if (op < 0.95 && at < copy.length) copy[at] = pick(pool);
+      else return pool.slice(0, 4);
+      return copy.length > 40 ? copy.slice(0, 8) : copy;
+    };
+    let items = ITEMS.slice(0, 4);
+    let lines = LINES.slice(0, 7);
+    let settings = SETTINGS;
+    for (let n = 0; n < 3000; n++) {
+      items = mutate(items, ITEMS, ([name]) => [name, pick(VALUES)]);
+      lines = mutate(lines, LINES, (line) => `${line.split(':')[0] ?? ''}: ${pick(VALUES)}`);
+      if (next() < 0.1) settings = pick(settingsList);
+      const raw = items.flat().map((value) => (next() < 0.5 ? fresh(value) : value));
+      serializeRecord(
+        exchange({ rawHeaders: raw, response: { status: 200, head: headOf(lines), headers: null } }),
+        settings,
+      );
+    }
+  });
+
   it('on 3000 generated exchanges (repeats, digit names, escapes, non-ASCII bytes, lone surrogates)', () => {
     for (let n = 0; n < 3000; n++) {
       const raw: string[] = [];
