@@ -63,6 +63,25 @@ const exchange = {
   route: { path: '/api/users/:id', baseUrl: '' },
 };
 
+/**
+ * The same exchange with its strings made anew, as Node's parser makes them for every request:
+ * the serializer copies the header items a record repeats from the one before, and it must
+ * compare their text to know (the same string object would compare at once).
+ */
+const fresh = (value) => Buffer.from(value, 'latin1').toString('latin1');
+const freshCopies = Array.from({ length: 64 }, () => ({
+  ...exchange,
+  rawHeaders: exchange.rawHeaders.map(fresh),
+  response: { ...exchange.response, head: fresh(exchange.response.head) },
+}));
+/** Two exchanges whose header values all differ: no item repeats the record before. */
+const changing = [0, 1].map((n) => ({
+  ...exchange,
+  rawHeaders: exchange.rawHeaders.map((value, i) => (i % 2 === 1 ? `${value}${n}` : value)),
+  response: { ...exchange.response, head: exchange.response.head.replace(/: ([^\r]*)\r\n/g, `: $1${n}\r\n`) },
+}));
+let turn = 0;
+
 const settings = parseOptions({ host: '127.0.0.1', port: 9 }).record;
 const withApi = parseOptions({ host: '127.0.0.1', port: 9, api: { name: 'users' } }).record;
 const line = serializeRecord(exchange, settings) + settings.delimiter;
@@ -73,6 +92,14 @@ const built = buildRecord(exchange, settings);
 const CASES = [
   ['writeRecord (UTF-8 bytes, framed: what is queued)', () => writeRecord(exchange, settings).length],
   ['writeRecord, with api', () => writeRecord(exchange, withApi).length],
+  [
+    'writeRecord, the same headers in new strings (one client, keep-alive)',
+    () => writeRecord(freshCopies[turn++ & 63], settings).length,
+  ],
+  [
+    'writeRecord, every header value other than the record before',
+    () => writeRecord(changing[turn++ & 1], settings).length,
+  ],
   ['serializeRecord (the same as a string)', () => serializeRecord(exchange, settings).length],
   // The record's definition, as objects then JSON then bytes: what serialize.ts writes directly.
   [
