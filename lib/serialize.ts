@@ -77,9 +77,12 @@ function record(exchange: CapturedExchange, settings: RecordSettings, extras: Ex
   piece(PIECES.method);
   string(exchange.method);
   piece(PIECES.uri);
-  string(url);
+  const urlStart = pos + 1;
+  const urlPlain = quoted(url, 0, url.length);
+  if (!urlPlain) text(JSON.stringify(url));
+  const urlEnd = pos - 1;
   piece(PIECES.requestUri);
-  requestUri(exchange.scheme, exchange.host, url);
+  requestUri(exchange.scheme, exchange.host, url, urlPlain ? urlStart : -1, urlEnd);
   piece(PIECES.requestSize);
   number(requestHeadBytes(exchange) + exchange.requestBodyBytes);
   piece(PIECES.querystring);
@@ -242,13 +245,20 @@ function string(value: string): void {
   if (!quoted(value, 0, value.length)) text(JSON.stringify(value));
 }
 
-/** `scheme://host` then the URL as one JSON string, written in parts rather than joined first. */
-function requestUri(scheme: string, host: string, url: string): void {
+/**
+ * `scheme://host` then the URL as one JSON string, written in parts rather than joined first. The
+ * URL's part is copied from `out[urlStart, urlEnd)`, where `uri` wrote it on the fast path (-1:
+ * it took the general path, and so does this).
+ */
+function requestUri(scheme: string, host: string, url: string, urlStart: number, urlEnd: number): void {
   const start = pos;
   byte(QUOTE);
   if (plain(scheme, 0, scheme.length)) {
     piece(PIECES.schemeSeparator);
-    if (plain(host, 0, host.length) && plain(url, 0, url.length)) {
+    if (urlStart !== -1 && plain(host, 0, host.length)) {
+      reserve(urlEnd - urlStart + 1);
+      out.copyWithin(pos, urlStart, urlEnd);
+      pos += urlEnd - urlStart;
       byte(QUOTE);
       return;
     }
@@ -568,12 +578,16 @@ function responseHeadersPart(response: CapturedResponse | null, redact: Readonly
   let at = head.indexOf('\r\n') + 2;
   let index = 0;
   while (at > 1 && at < head.length) {
-    let end = head.indexOf('\r\n', at);
-    if (end === -1) end = head.length;
     const key = index < usable ? (keys[index] as string) : null;
-    // indexOf() compares in the runtime's own code; startsWith() here was compiled into a loop
-    // that read both strings a character at a time.
-    if (key !== null && end - at === key.length && head.indexOf(key, at) === at) {
+    // The same line as last time: followed by CRLF where that one ended, and the same text, as
+    // indexOf() compares it (in the runtime's own code; startsWith() here was compiled into a loop
+    // that read both strings a character at a time, and a slice compared with === cost more).
+    if (
+      key !== null &&
+      head.charCodeAt(at + key.length) === 0x0d &&
+      head.charCodeAt(at + key.length + 1) === 0x0a &&
+      head.indexOf(key, at) === at
+    ) {
       const colon = at + (section.colons[index] as number);
       if (same) noteName(at, colon, index);
       else if (!newName(head, at, colon, index, null)) {
@@ -584,24 +598,27 @@ function responseHeadersPart(response: CapturedResponse | null, redact: Readonly
       lineKeys[index] = key;
       lineColons[index] = colon - at;
       index++;
-    } else {
-      const colon = head.indexOf(':', at);
-      if (colon > at && colon < end) {
-        endRun(section);
-        same = false;
-        if (index > 0) byte(COMMA);
-        itemStarts[index] = pos - start;
-        if (!fieldName(head, at, colon, index, null)) {
-          fast = false;
-          break;
-        }
-        if (redacted(list, head, at, colon)) piece(PIECES.redacted);
-        else headLineValue(head, colon + 1, end);
-        itemEnds[index] = pos - start;
-        lineKeys[index] = head.slice(at, end);
-        lineColons[index] = colon - at;
-        index++;
+      at += key.length + 2;
+      continue;
+    }
+    let end = head.indexOf('\r\n', at);
+    if (end === -1) end = head.length;
+    const colon = head.indexOf(':', at);
+    if (colon > at && colon < end) {
+      endRun(section);
+      same = false;
+      if (index > 0) byte(COMMA);
+      itemStarts[index] = pos - start;
+      if (!fieldName(head, at, colon, index, null)) {
+        fast = false;
+        break;
       }
+      if (redacted(list, head, at, colon)) piece(PIECES.redacted);
+      else headLineValue(head, colon + 1, end);
+      itemEnds[index] = pos - start;
+      lineKeys[index] = head.slice(at, end);
+      lineColons[index] = colon - at;
+      index++;
     }
     at = end + 2;
   }

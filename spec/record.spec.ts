@@ -743,6 +743,12 @@ describe('serialize.ts writes exactly what record.ts builds', () => {
     // Another redaction list: the same headers, other bytes.
     assert.equal(run(['Authorization', 'secret'], lines, NO_REDACT)['request'].headers['authorization'], 'secret');
     assert.equal(run(['Authorization', 'secret'], lines, SETTINGS)['request'].headers['authorization'], 'REDACTED');
+    // A line that starts as the one before did but goes on past a lone CR.
+    run(base, ['X-A: 1']);
+    const cr = record(
+      exchange({ response: { status: 200, head: 'HTTP/1.1 200 OK\r\nX-A: 1\rX\r\n\r\n', headers: null } }),
+    );
+    assert.equal(cr['response'].headers['x-a'], '1\rX');
     // Fewer headers than before, all repeated.
     assert.deepEqual(Object.keys(run(base.slice(0, 4), lines.slice(0, 2))['request'].headers), ['host', 'accept']);
   });
