@@ -434,6 +434,13 @@ class Section {
   /** Head lines: where the colon is, from the line's start. */
   readonly colons = new Int32Array(MAX_FAST_FIELDS);
   bytes = Buffer.allocUnsafe(4096);
+  /** The length of the section in `bytes`. */
+  length = 0;
+  /**
+   * The head `bytes` were written from: a head equal to it, whole, is copied in one piece (the
+   * responses of a route whose body has not changed, within the same second).
+   */
+  head: string | null = null;
 }
 
 /** Sections larger than this are not kept (a hostile request may carry 64 KiB of headers). */
@@ -495,10 +502,11 @@ function endRun(section: Section): void {
 }
 
 /** Keeps the section just written, `out[start, pos)`, with `count` items, for the next one. */
-function remember(section: Section, start: number, count: number, list: RedactList | null): void {
+function remember(section: Section, start: number, count: number, list: RedactList | null, head: string | null): void {
   const length = pos - start;
   if (length > MAX_SECTION_BYTES) {
     section.count = 0;
+    section.head = null;
     return;
   }
   if (section.bytes.length < length) section.bytes = Buffer.allocUnsafe(Math.max(length, section.bytes.length * 2));
@@ -507,6 +515,8 @@ function remember(section: Section, start: number, count: number, list: RedactLi
   section.ends.set(itemEnds.subarray(0, count));
   section.count = count;
   section.list = list;
+  section.length = length;
+  section.head = head;
 }
 
 // --- Header sections -----------------------------------------------------------------------
@@ -550,7 +560,7 @@ function requestHeaders(raw: readonly string[], redact: ReadonlySet<string> | nu
   endRun(section);
   byte(0x7d);
   if (!same || index !== section.count || section.list !== list) {
-    remember(section, start, index, list);
+    remember(section, start, index, list, null);
     section.keys = raw.slice(0, 2 * index);
   }
 }
@@ -567,6 +577,12 @@ function responseHeadersPart(response: CapturedResponse | null, redact: Readonly
   }
   const list = redactList(redact);
   const section = headSection;
+  if (head === section.head && list === section.list) {
+    runFrom = 0;
+    runTo = section.length;
+    endRun(section);
+    return;
+  }
   runFrom = -1;
   const keys = section.keys;
   const usable = section.list === list ? section.count : 0;
@@ -631,7 +647,7 @@ function responseHeadersPart(response: CapturedResponse | null, redact: Readonly
   endRun(section);
   byte(0x7d);
   if (!same || index !== section.count || section.list !== list) {
-    remember(section, start, index, list);
+    remember(section, start, index, list, head);
     section.keys = lineKeys.slice(0, index);
     section.colons.set(lineColons.subarray(0, index));
   }

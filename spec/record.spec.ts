@@ -743,6 +743,10 @@ describe('serialize.ts writes exactly what record.ts builds', () => {
     // Another redaction list: the same headers, other bytes.
     assert.equal(run(['Authorization', 'secret'], lines, NO_REDACT)['request'].headers['authorization'], 'secret');
     assert.equal(run(['Authorization', 'secret'], lines, SETTINGS)['request'].headers['authorization'], 'REDACTED');
+    // The same head under another redaction list.
+    const cookieHead = [...lines, 'Set-Cookie: a=1'];
+    assert.equal(run(base, cookieHead, NO_REDACT)['response'].headers['set-cookie'], 'a=1');
+    assert.equal(run(base, cookieHead, DEFAULT_REDACT)['response'].headers['set-cookie'], 'REDACTED');
     // A line that starts as the one before did but goes on past a lone CR.
     run(base, ['X-A: 1']);
     const cr = record(
