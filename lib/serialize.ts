@@ -429,10 +429,10 @@ class Section {
   count = 0;
   list: RedactList | null = null;
   /** Each item's bytes in `bytes`, which holds the whole section from its `{`. */
-  readonly starts = new Int32Array(MAX_FAST_FIELDS);
-  readonly ends = new Int32Array(MAX_FAST_FIELDS);
+  starts = new Int32Array(MAX_FAST_FIELDS);
+  ends = new Int32Array(MAX_FAST_FIELDS);
   /** Head lines: where the colon is, from the line's start. */
-  readonly colons = new Int32Array(MAX_FAST_FIELDS);
+  colons = new Int32Array(MAX_FAST_FIELDS);
   bytes = Buffer.allocUnsafe(4096);
   /** The length of the section in `bytes`. */
   length = 0;
@@ -456,11 +456,11 @@ const headSection = new Section();
  * written (the cached ones must stay as they are until then: the section may yet take the object
  * path).
  */
-const lineKeys: string[] = [];
-const lineColons = new Int32Array(MAX_FAST_FIELDS);
+let lineKeys: string[] = [];
+let lineColons = new Int32Array(MAX_FAST_FIELDS);
 /** Where the items of the section being written are, from its `{`. */
-const itemStarts = new Int32Array(MAX_FAST_FIELDS);
-const itemEnds = new Int32Array(MAX_FAST_FIELDS);
+let itemStarts = new Int32Array(MAX_FAST_FIELDS);
+let itemEnds = new Int32Array(MAX_FAST_FIELDS);
 /**
  * Repeated items in a row are copied as one run, the commas between them included: the run's
  * bytes in the cached section (from -1 when there is none) and where it goes in `out`.
@@ -511,8 +511,12 @@ function remember(section: Section, start: number, count: number, list: RedactLi
   }
   if (section.bytes.length < length) section.bytes = Buffer.allocUnsafe(Math.max(length, section.bytes.length * 2));
   out.copy(section.bytes, 0, start, pos);
-  section.starts.set(itemStarts.subarray(0, count));
-  section.ends.set(itemEnds.subarray(0, count));
+  // The arrays change hands rather than being copied: those of the section are free now.
+  const { starts, ends } = section;
+  section.starts = itemStarts;
+  section.ends = itemEnds;
+  itemStarts = starts;
+  itemEnds = ends;
   section.count = count;
   section.list = list;
   section.length = length;
@@ -595,14 +599,20 @@ function responseHeadersPart(response: CapturedResponse | null, redact: Readonly
   let index = 0;
   while (at > 1 && at < head.length) {
     const key = index < usable ? (keys[index] as string) : null;
-    // The same line as last time: followed by CRLF where that one ended, and the same text, as
-    // indexOf() compares it (in the runtime's own code; startsWith() here was compiled into a loop
-    // that read both strings a character at a time, and a slice compared with === cost more).
+    // The same line as last time: followed by CRLF where that one ended, and the same text. A
+    // slice compared with === stops at the first difference; indexOf() went on searching the rest
+    // of the head for the old line, and startsWith() was compiled into a loop that read both
+    // strings a character at a time.
     if (
       key !== null &&
       head.charCodeAt(at + key.length) === 0x0d &&
       head.charCodeAt(at + key.length + 1) === 0x0a &&
-      head.indexOf(key, at) === at
+      // Values that change (a length, a date, a tag) mostly differ in their last characters:
+      // looked at first, they spare most changed lines the slice. (A line of under 4 characters
+      // reads NaN from the key, which equals nothing: it is written each time.)
+      head.charCodeAt(at + key.length - 1) === key.charCodeAt(key.length - 1) &&
+      head.charCodeAt(at + key.length - 4) === key.charCodeAt(key.length - 4) &&
+      head.slice(at, at + key.length) === key
     ) {
       const colon = at + (section.colons[index] as number);
       if (same) noteName(at, colon, index);
@@ -648,8 +658,11 @@ function responseHeadersPart(response: CapturedResponse | null, redact: Readonly
   byte(0x7d);
   if (!same || index !== section.count || section.list !== list) {
     remember(section, start, index, list, head);
-    section.keys = lineKeys.slice(0, index);
-    section.colons.set(lineColons.subarray(0, index));
+    const { keys: oldKeys, colons } = section;
+    section.keys = lineKeys;
+    section.colons = lineColons;
+    lineKeys = oldKeys;
+    lineColons = colons;
   }
 }
 
