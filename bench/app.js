@@ -14,6 +14,7 @@
  *   fixed-batched   on 'finish', a fixed 1 KiB line, writes coalesced once per event-loop turn:
  *                   what shipping the bytes alone costs, with no record to build (opt-in mode)
  */
+const fs = require('node:fs');
 const net = require('node:net');
 const express = require('express');
 const { serve } = require('./common.js');
@@ -187,12 +188,11 @@ const server = app.listen(0, '127.0.0.1', async function onListening() {
 });
 
 /**
- * CPU time of the app's main thread and of all its others, in µs, from the scheduler's own accounting
- * (Linux only; null elsewhere): V8's compiler and GC helpers run beside the main thread and count
+ * CPU time of the app's main thread and of all its others, in µs, from the scheduler's own
+ * accounting (Linux only; null elsewhere): V8's compiler and GC helpers run beside the main thread and count
  * in process.cpuUsage() too.
  */
 function threadCpu() {
-  const fs = require('node:fs');
   let tids;
   try {
     tids = fs.readdirSync('/proc/self/task');

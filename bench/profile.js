@@ -2,9 +2,9 @@
 /**
  * CPU profile of the app under the benchmark's load in each mode (default: `none` and
  * `express-tcplog`), with V8's sampling profiler (`node --cpu-prof`). The modes take turns in
- * segments, as in run.js. Only the samples of the measured windows count; they are summarized as µs per request by area (our dist/, each
- * dependency, Node internals, GC), the top functions by self time, and the inclusive time of
- * express-tcplog's own functions. The .cpuprofile files stay in bench/results/profiles/ for
+ * segments, as in run.js. Only the samples of the measured windows count; they are summarized
+ * as µs per request by area (our dist/, each dependency, Node internals, GC), the top functions
+ * by self time, and the inclusive time of express-tcplog's own functions. The .cpuprofile files stay in bench/results/profiles/ for
  * Chrome DevTools or speedscope.
  *
  *   PROFILE_MODES      default none,express-tcplog

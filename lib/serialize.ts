@@ -78,8 +78,7 @@ function record(exchange: CapturedExchange, settings: RecordSettings, extras: Ex
   string(exchange.method);
   piece(PIECES.uri);
   const urlStart = pos + 1;
-  const urlPlain = quoted(url, 0, url.length);
-  if (!urlPlain) text(JSON.stringify(url));
+  const urlPlain = string(url);
   const urlEnd = pos - 1;
   piece(PIECES.requestUri);
   requestUri(exchange.scheme, exchange.host, url, urlPlain ? urlStart : -1, urlEnd);
@@ -240,9 +239,11 @@ function quoted(value: string, from: number, to: number): boolean {
   return true;
 }
 
-/** A JSON string, as JSON.stringify writes it. */
-function string(value: string): void {
-  if (!quoted(value, 0, value.length)) text(JSON.stringify(value));
+/** A JSON string, as JSON.stringify writes it. Returns whether it took the fast path (see plain()). */
+function string(value: string): boolean {
+  if (quoted(value, 0, value.length)) return true;
+  text(JSON.stringify(value));
+  return false;
 }
 
 /**
@@ -486,28 +487,44 @@ function repeatItem(section: Section, index: number, start: number): void {
 function endRun(section: Section): void {
   if (runFrom === -1) return;
   const from = runFrom;
-  const length = runTo - from;
   runFrom = -1;
+  copyBytes(section.bytes, from, runTo);
+}
+
+/** Writes `source[from, to)`. */
+function copyBytes(source: Buffer, from: number, to: number): void {
+  const length = to - from;
   reserve(length);
-  const source = section.bytes;
   if (length >= NATIVE_COPY_BYTES) {
-    source.copy(out, pos, from, runTo);
+    source.copy(out, pos, from, to);
     pos += length;
     return;
   }
   const buffer = out;
   let at = pos | 0;
-  for (let i = from; i < runTo; i++) buffer[at++] = source[i] as number;
+  for (let i = from; i < to; i++) buffer[at++] = source[i] as number;
   pos = at;
 }
 
-/** Keeps the section just written, `out[start, pos)`, with `count` items, for the next one. */
-function remember(section: Section, start: number, count: number, list: RedactList | null, head: string | null): void {
+/**
+ * Keeps the section just written, `out[start, pos)`, with `count` items, for the next one, unless
+ * it repeats the kept one item for item (`same`). Returns whether it was kept: the caller then
+ * hands over the items' keys.
+ */
+function remember(
+  section: Section,
+  start: number,
+  count: number,
+  same: boolean,
+  list: RedactList | null,
+  head: string | null,
+): boolean {
+  if (same && count === section.count && list === section.list) return false;
   const length = pos - start;
   if (length > MAX_SECTION_BYTES) {
     section.count = 0;
     section.head = null;
-    return;
+    return false;
   }
   if (section.bytes.length < length) section.bytes = Buffer.allocUnsafe(Math.max(length, section.bytes.length * 2));
   out.copy(section.bytes, 0, start, pos);
@@ -521,6 +538,7 @@ function remember(section: Section, start: number, count: number, list: RedactLi
   section.list = list;
   section.length = length;
   section.head = head;
+  return true;
 }
 
 // --- Header sections -----------------------------------------------------------------------
@@ -563,10 +581,7 @@ function requestHeaders(raw: readonly string[], redact: ReadonlySet<string> | nu
   }
   endRun(section);
   byte(0x7d);
-  if (!same || index !== section.count || section.list !== list) {
-    remember(section, start, index, list, null);
-    section.keys = raw.slice(0, 2 * index);
-  }
+  if (remember(section, start, index, same, list, null)) section.keys = raw.slice(0, 2 * index);
 }
 
 function responseHeadersPart(response: CapturedResponse | null, redact: ReadonlySet<string> | null): void {
@@ -582,9 +597,7 @@ function responseHeadersPart(response: CapturedResponse | null, redact: Readonly
   const list = redactList(redact);
   const section = headSection;
   if (head === section.head && list === section.list) {
-    runFrom = 0;
-    runTo = section.length;
-    endRun(section);
+    copyBytes(section.bytes, 0, section.length);
     return;
   }
   runFrom = -1;
@@ -656,8 +669,7 @@ function responseHeadersPart(response: CapturedResponse | null, redact: Readonly
   }
   endRun(section);
   byte(0x7d);
-  if (!same || index !== section.count || section.list !== list) {
-    remember(section, start, index, list, head);
+  if (remember(section, start, index, same, list, head)) {
     const { keys: oldKeys, colons } = section;
     section.keys = lineKeys;
     section.colons = lineColons;
