@@ -12,7 +12,9 @@
  * Also reported: how many property loads per request missed V8's inline caches and went to the
  * runtime (Runtime_LoadIC_Miss). Express 5 gives every request and response object a map of its
  * own (it changes their prototype), so each property read on them misses, at about 1 500
- * instructions each.
+ * instructions each. Last, function by function, where each mode's instructions differ from the
+ * first mode's: what the package makes V8's builtins, its runtime and Node do shows there, which
+ * the package's own functions alone do not.
  *
  * Env: BENCH_MODES (none,noop,express-tcplog), BENCH_ROUNDS (3), BENCH_REQUESTS (4000),
  * BENCH_WARMUP (3000), BENCH_BASELINE_MODULE as in run.js. Needs valgrind (Debian: valgrind).
@@ -141,6 +143,11 @@ async function measure(mode, sink, load, outDir, round) {
   }
 }
 
+/** A function's name without V8's tier marks and the directories of its file. */
+function shortName(name) {
+  return name.replace(/^JS:[*^~]?/, '').replace(/ \/.*\/([\w.-]+\.js)/, ' $1');
+}
+
 /** Whether a JIT function (as the perf map names it) is this package's: its file is in `dirs`. */
 function ownFunction(name, dirs) {
   return dirs.some((dir) => name.includes(dir));
@@ -173,13 +180,14 @@ async function main() {
         ownPerRequest: own.reduce((sum, [, value]) => sum + value, 0) / sample.requests,
         missesPerRequest: sample.misses / sample.requests,
         missInstructionsPerRequest: sample.missInstructions / sample.requests,
-        ownFunctions: Object.fromEntries(
-          own
+        functions: Object.fromEntries(
+          [...sample.byFunction]
             .sort((a, b) => b[1] - a[1])
-            .map(([name, value]) => [
-              name.replace(/^JS:[*^~]?/, '').replace(/ \/.*\/(\w+\.js)/, ' $1'),
-              value / sample.requests,
-            ]),
+            .slice(0, 400)
+            .map(([name, value]) => [shortName(name), value / sample.requests]),
+        ),
+        ownFunctions: Object.fromEntries(
+          own.sort((a, b) => b[1] - a[1]).map(([name, value]) => [shortName(name), value / sample.requests]),
         ),
       });
       console.log(
@@ -226,6 +234,20 @@ async function main() {
       `\n${mode}: the package's functions, instructions/request (last round; inlined ones count in their caller)`,
     );
     for (const name of names.slice(0, 15)) console.log(`  ${String(Math.round(functions[name])).padStart(7)}  ${name}`);
+  }
+  // Where a mode's instructions go beyond the first mode's, function by function: the package's
+  // own code, and what it makes the rest of the process do (builtins, the runtime, the GC).
+  const first = samples[MODES[0]].at(-1).functions;
+  for (const mode of MODES.slice(1)) {
+    const functions = samples[mode].at(-1).functions;
+    const names = new Set([...Object.keys(first), ...Object.keys(functions)]);
+    const diffs = [...names]
+      .map((name) => [name, (functions[name] ?? 0) - (first[name] ?? 0)])
+      .sort((a, b) => Math.abs(b[1]) - Math.abs(a[1]));
+    console.log(`\n${mode} against ${MODES[0]}: the largest differences, instructions/request (last round)`);
+    for (const [name, diff] of diffs.slice(0, 30)) {
+      console.log(`  ${(diff > 0 ? '+' : '') + String(Math.round(diff))}`.padEnd(10) + `  ${name}`);
+    }
   }
   const info = {
     date: new Date().toISOString(),
