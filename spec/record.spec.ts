@@ -757,6 +757,43 @@ describe('serialize.ts writes exactly what record.ts builds', () => {
     assert.deepEqual(Object.keys(run(base.slice(0, 4), lines.slice(0, 2))['request'].headers), ['host', 'accept']);
   });
 
+  it('headers that repeat nothing for a while, then repeat again: the same bytes while the cache rests and after', () => {
+    // Variant n differs from every other in every header item.
+    const variant = (n: number): CapturedExchange =>
+      exchange({
+        rawHeaders: ['Host', `h${n}.test`, 'Accept', `type/${n}`, 'User-Agent', `agent ${n} ${'x'.repeat(60)}`].map(
+          fresh,
+        ),
+        response: {
+          status: 200,
+          head: headOf([`Content-Type: text/${n}`, `X-Long: ${'y'.repeat(60)} ${n}`, `Date: ${n}`].map(fresh)),
+          headers: null,
+        },
+      });
+    // Written once each (the helpers above write twice, and the second always repeats the first).
+    const phases: Array<(n: number) => number> = [
+      (n) => n, // nothing repeats: the cache rests, longer each time, and is tried again
+      (n) => (n % 5 === 0 ? n : 1), // mostly the same, a change now and then
+      (n) => 1000 + n,
+      (n) => (n < 150 ? 2 : 1000 + n), // a long run of one, then nothing repeats again
+      (n) => n % 2, // two clients taking turns
+      (n) => n % 3,
+      (n) => [10, 11, 12, 13, 14, 12][n % 6] as number, // back to one from before the cache rested
+      () => 30 + Math.floor(next() * 5), // a few clients in any order
+      () => 3,
+    ];
+    let records = 0;
+    for (const [p, phase] of phases.entries()) {
+      for (let n = 0; n < 300; n++) {
+        const settings = (n + p) % 37 === 0 ? NO_REDACT : SETTINGS;
+        const ex = variant(phase(n));
+        assert.equal(serialize(ex, settings), JSON.stringify(buildRecord(ex, settings)), `phase ${p}, record ${n}`);
+        records++;
+      }
+    }
+    assert.equal(records, 2700);
+  });
+
   it('on 3000 exchanges in a row whose headers repeat, change, come and go, and repeat names', () => {
     const ITEMS: Array<[string, string]> = [
       ['Host', '127.0.0.1:3000'],
