@@ -363,7 +363,8 @@ function newName(source: string, from: number, to: number, index: number, source
   if (index >= MAX_FAST_FIELDS || to <= from) return false;
   const first = source.charCodeAt(from);
   if (first >= 0x30 && first <= 0x39) return false;
-  if (index === 0) nameLengths = 0;
+  // At index 0 the mask may be the last section's; no earlier name is compared, and noteName()
+  // starts the mask anew.
   if ((nameLengths & lengthBit(to - from)) !== 0) {
     for (let i = 0; i < index; i++) {
       const other = sources === null ? source : (sources[2 * i] as string);
