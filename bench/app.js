@@ -189,8 +189,8 @@ const server = app.listen(0, '127.0.0.1', async function onListening() {
 
 /**
  * CPU time of the app's main thread and of all its others, in µs, from the scheduler's own
- * accounting (Linux only; null elsewhere): V8's compiler and GC helpers run beside the main thread and count
- * in process.cpuUsage() too.
+ * accounting (Linux only; null elsewhere): V8's compiler and GC helpers run beside the main
+ * thread and count in process.cpuUsage() too.
  */
 function threadCpu() {
   let tids;

@@ -10,9 +10,9 @@
  * on for BENCH_REQUESTS requests, then the profile is dumped. Node writes a map of its JIT code
  * (--perf-basic-prof-only-functions) so that the package's own JavaScript functions get names.
  * Also reported: how many property loads per request missed V8's inline caches and went to the
- * runtime (Runtime_LoadIC_Miss). Express 5 gives every request and response object a map of its
- * own (it changes their prototype), so each property read on them misses, at about 1 500
- * instructions each. Last, function by function, where each mode's instructions differ from the
+ * runtime (Runtime_LoadIC_Miss). Under Express 5, every request and response object has a map
+ * of its own by the first middleware (once Express has set their prototype and its router added
+ * its properties), so each property read on them misses, at about 1 500 instructions each. Last, function by function, where each mode's instructions differ from the
  * first mode's: what the package makes V8's builtins, its runtime and Node do shows there, which
  * the package's own functions alone do not.
  *

@@ -4,8 +4,8 @@
  * `express-tcplog`), with V8's sampling profiler (`node --cpu-prof`). The modes take turns in
  * segments, as in run.js. Only the samples of the measured windows count; they are summarized
  * as µs per request by area (our dist/, each dependency, Node internals, GC), the top functions
- * by self time, and the inclusive time of express-tcplog's own functions. The .cpuprofile files stay in bench/results/profiles/ for
- * Chrome DevTools or speedscope.
+ * by self time, and the inclusive time of express-tcplog's own functions. The .cpuprofile files
+ * stay in bench/results/profiles/ for Chrome DevTools or speedscope.
  *
  *   PROFILE_MODES      default none,express-tcplog
  *   BENCH_REQUESTS     default 20000
