@@ -73,9 +73,15 @@ function record(exchange: CapturedExchange, settings: RecordSettings, extras: Ex
   }
   const { url, response } = exchange;
   piece(PIECES.requestOpen);
+  idText = null;
   if (exchange.requestId !== undefined) {
     piece(PIECES.id);
-    string(exchange.requestId);
+    const idStart = pos;
+    if (string(exchange.requestId)) {
+      idText = exchange.requestId;
+      idFrom = idStart;
+      idTo = pos;
+    }
     byte(COMMA);
   }
   piece(PIECES.method);
@@ -137,6 +143,16 @@ function record(exchange: CapturedExchange, settings: RecordSettings, extras: Ex
   }
   byte(0x7d);
 }
+
+/**
+ * The request id as written on the fast path, and where: `out[idFrom, idTo)`, its quotes
+ * included. The id came from the `x-request-id` header, so the headers section writes that
+ * value again: it is copied from here. A proxy gives every request an id of its own, so the
+ * header cache (see Section) never has it.
+ */
+let idText: string | null = null;
+let idFrom = 0;
+let idTo = 0;
 
 // --- Output --------------------------------------------------------------------------------
 
@@ -261,15 +277,20 @@ function requestUri(scheme: string, host: string, url: string, urlStart: number,
   if (plain(scheme, 0, scheme.length)) {
     piece(PIECES.schemeSeparator);
     if (urlStart !== -1 && plain(host, 0, host.length)) {
-      reserve(urlEnd - urlStart + 1);
-      out.copyWithin(pos, urlStart, urlEnd);
-      pos += urlEnd - urlStart;
+      copyOut(urlStart, urlEnd);
       byte(QUOTE);
       return;
     }
   }
   pos = start;
   string(`${scheme}://${host}${url}`);
+}
+
+/** Writes `out[from, to)` again, at the end. */
+function copyOut(from: number, to: number): void {
+  reserve(to - from);
+  out.copyWithin(pos, from, to);
+  pos += to - from;
 }
 
 /** A header value as Node decoded it (latin1): see headerText for bytes beyond ASCII. */
@@ -607,6 +628,7 @@ function requestHeaders(raw: readonly string[], redact: ReadonlySet<string> | nu
     itemStarts[index] = pos - start;
     if (!fieldName(name, 0, name.length, index, raw)) break;
     if (redacted(list, name, 0, name.length)) piece(PIECES.redacted);
+    else if (value === idText) copyOut(idFrom, idTo);
     else headerValue(value);
     itemEnds[index] = pos - start;
   }

@@ -794,6 +794,42 @@ describe('serialize.ts writes exactly what record.ts builds', () => {
     assert.equal(records, 2700);
   });
 
+  it('an x-request-id value written again from the bytes of request.id, only where they are the same', () => {
+    const ids = [
+      '7f3c2a9e-5d41-4b8a-9c1e-2f6d8b0a4e17',
+      'id "quoted" \\ here',
+      'caf\u00e9',
+      'caf\u00c3\u00a9',
+      'tab\there',
+      '',
+      'a',
+    ];
+    const redactId: RecordSettings = { ...SETTINGS, redact: new Set(['authorization', 'x-request-id']) };
+    let records = 0;
+    for (let n = 0; n < 120; n++) {
+      // A new id each time, as a proxy gives: the header cache never has it.
+      const id = fresh(`${ids[n % ids.length] as string}${n % 7 === 0 ? '' : String(n)}`);
+      const other = n % 3 === 0 ? fresh(id) : 'text/plain';
+      const raw = ['Host', 'a.test', 'X-Request-Id', fresh(id), 'Accept', other];
+      // Every fourth record has no request id, yet a header with the last record's: nothing stale is copied.
+      const last = fresh(
+        `${ids[(n + ids.length - 1) % ids.length] as string}${(n - 1) % 7 === 0 ? '' : String(n - 1)}`,
+      );
+      const ex = exchange({
+        rawHeaders: n % 4 === 3 ? ['Host', 'a.test', 'X-Other', last] : raw,
+        requestId: n % 4 === 3 ? undefined : n % 5 === 4 ? `${id}, second` : id,
+      });
+      const settings = n % 6 === 5 ? redactId : n % 2 === 0 ? SETTINGS : NO_REDACT;
+      const json = serialize(ex, settings);
+      assert.equal(json, JSON.stringify(buildRecord(ex, settings)), `record ${n}`);
+      const parsed = JSON.parse(json) as Json;
+      if (n % 4 !== 3 && settings !== redactId && /^[ -~]*$/.test(id))
+        assert.equal(parsed['request'].headers['x-request-id'], id);
+      records++;
+    }
+    assert.equal(records, 120);
+  });
+
   it('on 3000 exchanges in a row whose headers repeat, change, come and go, and repeat names', () => {
     const ITEMS: Array<[string, string]> = [
       ['Host', '127.0.0.1:3000'],
