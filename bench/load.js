@@ -13,13 +13,23 @@ const HEADERS = {
   'accept-language': 'en-GB,en;q=0.9',
   authorization: 'Bearer eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiI0MiJ9.c2lnbmF0dXJl',
   'user-agent': 'Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0 Safari/537.36',
-  'x-request-id': '7f3c2a9e-5d41-4b8a-9c1e-2f6d8b0a4e17',
+  // A new id for every request, as a proxy in front of the app would give (autocannon's
+  // idReplacement): a constant one would be a header the logger's cache always has.
+  'x-request-id': '[<id>]',
 };
 
 function run({ url, amount, duration, connections = 32 }) {
   return new Promise(function runLoad(resolve, reject) {
     // sampleInt: autocannon notices a finished `amount` only at its next sample tick.
-    const options = { url, connections, pipelining: 1, headers: HEADERS, timeout: 10, sampleInt: 100 };
+    const options = {
+      url,
+      connections,
+      pipelining: 1,
+      headers: HEADERS,
+      idReplacement: true,
+      timeout: 10,
+      sampleInt: 100,
+    };
     if (amount) options.amount = amount;
     else options.duration = duration;
     const started = process.hrtime.bigint();

@@ -80,6 +80,17 @@ const changing = [0, 1].map((n) => ({
   rawHeaders: exchange.rawHeaders.map((value, i) => (i % 2 === 1 ? `${value}${n}` : value)),
   response: { ...exchange.response, head: exchange.response.head.replace(/: ([^\r]*)\r\n/g, `: $1${n}\r\n`) },
 }));
+/**
+ * The headers in new strings, each with a request id of its own (as a proxy gives every request):
+ * the header cache copies every item but that one.
+ */
+const ID_INDEX = exchange.rawHeaders.indexOf('x-request-id') + 1;
+const uniqueIds = freshCopies.map((copy, n) => {
+  const id = fresh(`7f3c2a9e-5d41-4b8a-9c1e-${String(n).padStart(12, '0')}`);
+  const rawHeaders = [...copy.rawHeaders];
+  rawHeaders[ID_INDEX] = id;
+  return { ...copy, rawHeaders, requestId: id };
+});
 let turn = 0;
 
 const settings = parseOptions({ host: '127.0.0.1', port: 9 }).record;
@@ -95,6 +106,10 @@ const CASES = [
   [
     'writeRecord, the same headers in new strings (one client, keep-alive)',
     () => writeRecord(freshCopies[turn++ & 63], settings).length,
+  ],
+  [
+    'writeRecord, the same headers in new strings, a request id of its own',
+    () => writeRecord(uniqueIds[turn++ & 63], settings).length,
   ],
   [
     'writeRecord, every header value other than the record before',
