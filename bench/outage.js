@@ -4,8 +4,9 @@
  *
  * Phases, each under autocannon load: `before` (sink up), `outage` (the sink stops listening and
  * drops its connections), `after` (the sink is back on the same port). The app's RSS and the
- * middleware's stats() are sampled every 500 ms over IPC. Reported: throughput and p99 per phase,
- * RSS growth against maxBufferBytes + 20 MiB, drops counted, and the backlog draining.
+ * middleware's stats() are sampled every 500 ms over IPC. Reported: throughput, p99 and the app's
+ * CPU per request per phase, RSS growth against maxBufferBytes + 20 MiB, drops counted, and the
+ * backlog draining.
  *
  *   OUTAGE_SECONDS      default 30
  *   BEFORE_SECONDS      default 10
@@ -88,14 +89,20 @@ async function main() {
 
   const runPhase = async (name, seconds) => {
     phase = name;
+    const start = await app.call('snapshot');
     const result = await load.call(
       'run',
       { url: app.url, duration: seconds, connections: config.connections },
       seconds * 1000 + 60_000,
     );
+    const end = await app.call('snapshot');
+    // The app's own work per request: the phases run one after the other, and on a host whose
+    // speed drifts, requests/s moves with it (and with autocannon's share of its core).
+    result.cpuPerRequest =
+      (end.cpu.user - start.cpu.user + (end.cpu.system - start.cpu.system)) / Math.max(1, result.requests);
     console.log(
       `  ${name.padEnd(7)} ${Math.round(result.rps)} req/s, p99 ${result.latency.p99} ms, ` +
-        `${result.non2xx + result.errors} failed`,
+        `${result.cpuPerRequest.toFixed(1)} µs CPU/req, ${result.non2xx + result.errors} failed`,
     );
     return result;
   };
@@ -160,6 +167,7 @@ async function main() {
       phases: { before, outage, after },
       throughputRatio: outage.rps / before.rps,
       p99Ratio: outage.latency.p99 / before.latency.p99,
+      cpuRatio: outage.cpuPerRequest / before.cpuPerRequest,
       rss: {
         medianBefore: median(rssOf('before')),
         peakBefore: peakOf('before'),
@@ -190,11 +198,13 @@ async function main() {
       name,
       Math.round(report.phases[name].rps).toString(),
       String(report.phases[name].latency.p99),
+      report.phases[name].cpuPerRequest.toFixed(1),
       String(report.phases[name].non2xx + report.phases[name].errors),
     ]);
-    console.log(`\n${formatTable(['phase', 'req/s', 'p99 ms', 'failed'], rows)}\n`);
+    console.log(`\n${formatTable(['phase', 'req/s', 'p99 ms', 'CPU µs/req', 'failed'], rows)}\n`);
     console.log(
-      `throughput during outage: ${report.throughputRatio.toFixed(2)}× before; p99 ${report.p99Ratio.toFixed(2)}× before`,
+      `during the outage: throughput ${report.throughputRatio.toFixed(2)}× before, p99 ` +
+        `${report.p99Ratio.toFixed(2)}× before, the app's CPU per request ${report.cpuRatio.toFixed(2)}× before`,
     );
     console.log(
       `RSS peaks: before ${MiB(baselineRss)} MiB, outage ${MiB(report.rss.peakOutage)} MiB, ` +
