@@ -85,6 +85,11 @@ interface LiveExchange {
   bodyBytes: number;
   /** `bytesWritten` at arrival, or -1 when an earlier response on the socket was still open. */
   writtenAtStart: number;
+  /**
+   * Whether Node's server queued the response behind an earlier one on the connection (it has
+   * no socket until that one is done), logged or not: the earlier one's bytes are still to come.
+   */
+  readonly queued: boolean;
   readonly remoteAddress: string | undefined;
   /** The `push` and `writeHead` this middleware wrapped on the objects themselves, called through. */
   push: Readable['push'] | null;
@@ -139,7 +144,13 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
   const { socket } = exchange;
   let marks = marksBySocket.get(socket);
   if (!marks) {
-    marks = { open: 0, lastEnd: 0, waiting: null, announced: exchange.sent !== null || announcesFinish(res) };
+    // A response before this one, not logged, may have ended already (or will: see noteEnd).
+    marks = {
+      open: 0,
+      lastEnd: socket.bytesWritten,
+      waiting: null,
+      announced: exchange.sent !== null || announcesFinish(res),
+    };
     marksBySocket.set(socket, marks);
     if (marks.announced) socket.on('close', onSocketClose);
   }
@@ -147,7 +158,7 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
   exchange.mountedAt = req.baseUrl ?? '';
   exchange.startedAt = Date.now();
   exchange.arrivedAt = performance.now();
-  exchange.writtenAtStart = marks.open === 0 ? socket.bytesWritten : -1;
+  exchange.writtenAtStart = marks.open === 0 && !exchange.queued ? socket.bytesWritten : -1;
   marks.open++;
   if (marks.announced) {
     // No listener per request (they showed as about 3 % of a bare request's CPU): Node's own
@@ -155,6 +166,13 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
     // closes first settles what it still carried.
     if (marks.waiting === null) marks.waiting = [exchange];
     else marks.waiting.push(exchange);
+    // The client went away while a middleware in front of this one was still at work: the
+    // connection's 'close' has been and gone, and nothing more will be sent.
+    if (socket.closed) buildAndSend(res);
+    return;
+  }
+  if ((res as { closed?: unknown }).closed === true) {
+    buildAndSend(res);
     return;
   }
   // Prepended: Node's own 'finish' listener hands the socket to the next pipelined response,
@@ -187,6 +205,7 @@ function arrive(req: ExpressLikeRequest, res: TrackedResponse, socket: Socket, s
     headersAt: null,
     bodyBytes: initialBodyBytes(req),
     writtenAtStart: -1,
+    queued: res.socket === null,
     // Read now: once the socket is gone the address may be too.
     remoteAddress: socket.remoteAddress,
     push: null,
@@ -404,6 +423,12 @@ function settle(exchange: LiveExchange): void {
   exchange.responseBytes = written - start;
 }
 
+/** Where the last response on a socket whose responses are logged ended. */
+function noteEnd(socket: Socket): void {
+  const marks = marksBySocket.get(socket);
+  if (marks !== undefined) marks.lastEnd = socket.bytesWritten;
+}
+
 function onClose(this: TrackedResponse): void {
   buildAndSend(this);
 }
@@ -413,8 +438,10 @@ function buildAndSend(res: TrackedResponse): void {
   const exchange = byResponse.get(res);
   if (!exchange) return;
   const { instance, req } = exchange;
-  // No middleware took the request (another server's, or routed elsewhere): nothing to log.
+  // No middleware took the request (another server's, or routed elsewhere): nothing to log, but
+  // a logged response after it on the same connection starts where this one ended.
   if (instance !== null) settle(exchange);
+  else noteEnd(exchange.socket);
   // The record is built once: let go of the exchange now rather than when the collector finds
   // its key dead, so the tables stay as small as the number of requests in progress.
   byResponse.delete(res);
@@ -501,6 +528,7 @@ function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchang
   // announced the request; else as `req` has it now.
   const request = sent ?? sentRequest(req, req.originalUrl ?? req.url ?? '/');
   const { rawHeaders } = request;
+  const response = sentResponse(res, sent !== null, exchange.responseBytes);
   return {
     method: request.method,
     url: request.url,
@@ -510,14 +538,13 @@ function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchang
     scheme:
       (trusting ? expressValue(req, 'protocol') : undefined) ??
       ((socket as { encrypted?: boolean }).encrypted ? 'https' : 'http'),
-    host:
-      (sent !== null ? rawHeader(rawHeaders, 'host') : req.headers.host) ??
-      `${socket.localAddress ?? 'localhost'}:${socket.localPort ?? ''}`,
+    host: (sent !== null ? rawHeader(rawHeaders, 'host') : req.headers.host) ?? localHost(socket),
     startedAt: exchange.startedAt,
     arrivedAt: exchange.arrivedAt,
-    headersAt: exchange.headersAt,
+    // A head that never went out has no time it went out.
+    headersAt: response === null ? null : exchange.headersAt,
     finishedAt: exchange.endedAt,
-    response: sentResponse(res, sent !== null),
+    response,
     responseBytes: exchange.responseBytes,
     clientIp: (trusting ? expressValue(req, 'ip') : undefined) ?? exchange.remoteAddress,
     route: route && route.path !== undefined ? { path: routePath(route.path), baseUrl: baseUrl(req, exchange) } : null,
@@ -525,15 +552,26 @@ function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchang
   };
 }
 
+/** `address:port` of the socket's own end, for a request without a Host header (HTTP/1.0). */
+function localHost(socket: Socket): string {
+  const address = socket.localAddress ?? 'localhost';
+  // An IPv6 address goes in brackets in a URL's host.
+  return `${address.includes(':') ? `[${address}]` : address}:${socket.localPort ?? ''}`;
+}
+
 /**
  * The status and head of a response, or null when no head went out. From Node's HTTP/1 server
  * (`fromNode`) the head text says both: one read of a response whose map is its own (see
  * arrive()) rather than three.
  */
-function sentResponse(res: TrackedResponse, fromNode: boolean): CapturedResponse | null {
+function sentResponse(res: TrackedResponse, fromNode: boolean, bytes: number): CapturedResponse | null {
   if (fromNode) {
     const head = res._header;
-    if (typeof head !== 'string' || head.length === 0) return null;
+    // `_header` is made by writeHead(), before anything is sent: the head went out only if the
+    // socket took at least its bytes (one per character: Node writes heads as latin1). Not
+    // `_headerSent`: it is also set for a head written to a socket Node itself had already ended
+    // (its 400 to a request cut short), and each read of a response costs (see arrive()).
+    if (typeof head !== 'string' || head.length === 0 || bytes < head.length) return null;
     return { status: statusOf(head) ?? res.statusCode, head, headers: null };
   }
   // res.statusCode is 200 by default even when nothing was sent: only a sent head has a status.

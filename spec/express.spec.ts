@@ -17,6 +17,7 @@ import {
   request,
   startLineServer,
   until,
+  waitFor,
   type Listening,
 } from './helpers.js';
 
@@ -173,6 +174,15 @@ describe('record fields over a real Express 5 app', () => {
     assert.equal(record['client_ip'], '127.0.0.1');
     assert.ok(Number.isInteger(record['started_at']) && Math.abs(record['started_at'] - Date.now()) < 60_000);
     assert.ok(record['latencies'].request >= record['latencies'].proxy);
+  });
+
+  it('request_uri of an absolute-form request (as sent to a proxy) is its target, not the Host header', async () => {
+    const target = 'http://other.test:81/get?abs=1';
+    const { received } = await raw(`GET ${target} HTTP/1.1\r\nHost: h.test\r\nConnection: close\r\n\r\n`);
+    assert.match(received.toString('latin1'), /^HTTP\/1\.1 200 /, 'Express routes it by its path');
+    const record = await nextRecord(target);
+    assert.equal(record['request'].request_uri, target);
+    assert.deepEqual(record['request'].querystring, { abs: '1' });
   });
 
   it('POST with a body of known size counts request line, headers and body', async () => {
@@ -606,5 +616,139 @@ describe('requests no middleware takes', () => {
     );
     assert.deepEqual(pushLeftOn, [false], "the body counter is taken off the other server's request");
     assert.equal(mw.stats().records, 1);
+  });
+
+  it('pipelined behind or between responses it does not log, a logged response is sized on its own', async () => {
+    const requests = ['/elsewhere?n=1', '/api/ok?n=2', '/elsewhere?n=3', '/api/ok?n=4'].map(
+      (path) => `GET ${path} HTTP/1.1\r\nHost: h\r\n\r\n`,
+    );
+    const socket = net.connect(logged.port, '127.0.0.1');
+    await once(socket, 'connect');
+    const reader = new ResponseReader(socket);
+    // At once: each logged request arrives while the response before it, not logged, is still to go.
+    socket.write(requests.join(''));
+    const replies: Buffer[] = [];
+    for (let i = 0; i < requests.length; i++) replies.push(await reader.next());
+    socket.end();
+    const ours = (): Json[] => receiver.records().filter((r) => /^\/api\/ok\?n=[24]$/.test(r['request'].uri as string));
+    await waitFor(receiver, 'line', () => ours().length === 2);
+    const records = ours();
+    assert.deepEqual(
+      records.map((r) => [r['request'].uri, r['response'].size]),
+      [
+        ['/api/ok?n=2', replies[1]?.length],
+        ['/api/ok?n=4', replies[3]?.length],
+      ],
+    );
+  });
+});
+
+describe('request_uri without a Host header, on an IPv6 socket', () => {
+  it("brackets the socket's own address, as a URL needs", async (t) => {
+    const receiver = await startLineServer();
+    const mw = tcplog({ host: '127.0.0.1', port: receiver.port });
+    const app = express();
+    app.use(mw);
+    app.get('/v6', (_req, res) => {
+      res.send('ok');
+    });
+    const server = app.listen(0, '::1');
+    const failed = await Promise.race([
+      once(server, 'listening').then(() => null),
+      once(server, 'error').then(([err]) => err as Error),
+    ]);
+    try {
+      if (failed !== null) {
+        t.skip(`no IPv6 loopback here (${failed.message})`);
+        return;
+      }
+      const { port } = server.address() as net.AddressInfo;
+      const socket = net.connect(port, '::1');
+      socket.end('GET /v6 HTTP/1.0\r\n\r\n');
+      socket.resume();
+      await once(socket, 'close');
+      await receiver.waitForLines(1);
+      const uri = receiver.records()[0]?.['request'].request_uri as string;
+      assert.equal(uri, `http://[::1]:${port}/v6`);
+      assert.equal(new URL(uri).pathname, '/v6');
+    } finally {
+      server.closeAllConnections();
+      server.close();
+      await mw.close();
+      await receiver.close();
+    }
+  });
+});
+
+describe('what the client got, when some of the response never went out', () => {
+  let receiver: LineServer;
+  let http: Listening;
+  let mw: tcplog.Middleware;
+  const arrivals = new EventEmitter();
+
+  before(async () => {
+    receiver = await startLineServer();
+    mw = tcplog({ host: '127.0.0.1', port: receiver.port });
+    const app = express();
+    // A slow lookup in front of the logger (a session store, say) that outlasts the client.
+    app.use('/late', (req, _res, next) => {
+      req.socket.once('close', () => next());
+      arrivals.emit('late');
+    });
+    app.use(mw);
+    app.get('/late', (_req, res) => {
+      res.send('nobody is there');
+    });
+    app.get('/head-only', (_req, res) => {
+      // Node sends a head with the first write, not at writeHead().
+      res.writeHead(201, { 'x-late': 'y' });
+      arrivals.emit('head-only');
+    });
+    http = await listen(app);
+  });
+
+  afterEach(() => {
+    assert.ok(invariant(mw.stats()), JSON.stringify(mw.stats()));
+  });
+
+  after(async () => {
+    await http.close();
+    await mw.close();
+    await receiver.close();
+  });
+
+  async function abandon(path: string, event: string): Promise<void> {
+    const socket = net.connect(http.port, '127.0.0.1');
+    await once(socket, 'connect');
+    const arrived = once(arrivals, event);
+    let received = 0;
+    socket.on('data', (chunk: Buffer) => (received += chunk.length));
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: h\r\n\r\n`);
+    await arrived;
+    socket.destroy();
+    await once(socket, 'close');
+    assert.equal(received, 0, 'the client got nothing');
+  }
+
+  it('a head made by writeHead() but never sent: no status, no headers, no proxy latency', async () => {
+    await abandon('/head-only', 'head-only');
+    await receiver.waitForLines(receiver.lines.length + 1);
+    const record = receiver.records().find((r) => r['request'].uri === '/head-only') as Json;
+    assert.equal(record['response'].status, undefined);
+    assert.deepEqual(record['response'].headers, {});
+    assert.equal(record['response'].size, 0);
+    assert.equal(record['latencies'].proxy, undefined);
+  });
+
+  it('a client gone before the request reached the logger: still one record, nothing sent', async () => {
+    const records = mw.stats().records;
+    await abandon('/late', 'late');
+    await receiver.waitForLines(receiver.lines.length + 1);
+    const matching = receiver.records().filter((r) => r['request'].uri === '/late');
+    assert.equal(matching.length, 1);
+    const record = matching[0] as Json;
+    assert.equal(record['response'].status, undefined);
+    assert.equal(record['response'].size, 0);
+    assert.equal(mw.stats().records, records + 1);
   });
 });
