@@ -102,10 +102,13 @@ export function buildRecord(
   extras?: Extras,
 ): Record<string, unknown> {
   const request: Record<string, unknown> = {};
-  if (exchange.requestId !== undefined) request['id'] = exchange.requestId;
+  // The same header's value in `headers`, so decoded the same way.
+  if (exchange.requestId !== undefined) request['id'] = headerText(exchange.requestId);
   request['method'] = exchange.method;
   request['uri'] = exchange.url;
-  request['request_uri'] = `${exchange.scheme}://${exchange.host}${exchange.url}`;
+  request['request_uri'] = isAbsoluteUrl(exchange.url)
+    ? exchange.url
+    : `${exchange.scheme}://${exchange.host}${exchange.url}`;
   request['size'] = requestHeadBytes(exchange) + exchange.requestBodyBytes;
   request['querystring'] = parseQuery(exchange.url);
   request['headers'] = headersFromRaw(exchange.rawHeaders, settings.redact);
@@ -256,7 +259,27 @@ export function responseHeaders(
   return headers;
 }
 
-/** `::ffff:1.2.3.4` -> `1.2.3.4`; everything else unchanged. */
+/**
+ * Whether a request target is in absolute form (`GET http://host/path`, as sent to a proxy): it
+ * names its scheme and host itself, and a server must take them over the Host header (RFC 9112,
+ * 3.2.2). Anything else a client can send starts with `/`, or is `*` or an authority.
+ */
+export function isAbsoluteUrl(url: string): boolean {
+  return url.charCodeAt(0) !== 0x2f && ABSOLUTE_URL.test(url);
+}
+
+const ABSOLUTE_URL = /^[a-z][a-z0-9+.-]*:\/\//i;
+
+/** The forms of an IPv4-mapped IPv6 address with the IPv4 part dotted, any case. */
+const IPV4_MAPPED = /^(?:(?:0{1,4}:){5}|(?:0{1,4}(?::0{1,4}){0,3})?::)ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i;
+
+/**
+ * `::ffff:1.2.3.4` -> `1.2.3.4`, in any of the forms an address from a header may take
+ * (`::FFFF:1.2.3.4`, `0:0:0:0:0:ffff:1.2.3.4`); everything else unchanged.
+ */
 export function normalizeIp(address: string): string {
-  return address.startsWith('::ffff:') && address.includes('.') ? address.slice(7) : address;
+  // Node writes the form it makes in lower case: no pattern for what nearly every socket gives.
+  if (address.startsWith('::ffff:')) return address.includes('.') ? address.slice(7) : address;
+  if (!address.includes('.') || !address.includes(':')) return address;
+  return IPV4_MAPPED.exec(address)?.[1] ?? address;
 }

@@ -15,6 +15,7 @@ import {
   buildRecord,
   headersFromRaw,
   headerText,
+  isAbsoluteUrl,
   normalizeIp,
   parseQuery,
   requestHeadBytes,
@@ -76,11 +77,14 @@ function record(exchange: CapturedExchange, settings: RecordSettings, extras: Ex
   idText = null;
   if (exchange.requestId !== undefined) {
     piece(PIECES.id);
+    const id = exchange.requestId;
     const idStart = pos;
-    if (string(exchange.requestId)) {
-      idText = exchange.requestId;
+    if (quoted(id, 0, id.length)) {
+      idText = id;
       idFrom = idStart;
       idTo = pos;
+    } else {
+      text(JSON.stringify(headerText(id)));
     }
     byte(COMMA);
   }
@@ -272,6 +276,11 @@ function string(value: string): boolean {
  * it took the general path, and so does this).
  */
 function requestUri(scheme: string, host: string, url: string, urlStart: number, urlEnd: number): void {
+  if (isAbsoluteUrl(url)) {
+    if (urlStart === -1) string(url);
+    else copyOut(urlStart - 1, urlEnd + 1);
+    return;
+  }
   const start = pos;
   byte(QUOTE);
   if (plain(scheme, 0, scheme.length)) {

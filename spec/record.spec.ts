@@ -247,6 +247,19 @@ describe('serializeRecord', () => {
     assert.deepEqual(parsed['request'].querystring, { c: 'd' });
   });
 
+  it('request_uri of an absolute-form target (as sent to a proxy) is the target itself', () => {
+    for (const url of ['http://other.test:81/users/9?q=1', 'HTTPS://other.test/a', 'http://other.test/caf\u00e9?"']) {
+      const parsed = record(exchange({ host: 'example.com:8000', url }));
+      assert.equal(parsed['request'].request_uri, url);
+      assert.equal(parsed['request'].uri, url, 'uri stays what the client sent');
+    }
+    // Not absolute: no scheme, or no "//" after it.
+    for (const url of ['*', 'mailto:a@b', '//x/y', 'other.test:81']) {
+      const parsed = record(exchange({ host: 'example.com:8000', url }));
+      assert.equal(parsed['request'].request_uri, `http://example.com:8000${url}`);
+    }
+  });
+
   it('querystring is {} when there is no query', () => {
     for (const url of ['/', '/a', '/a?', '/a?#x', '/a?#x=1', '/a?&&']) {
       assert.deepEqual(record(exchange({ url }))['request'].querystring, {}, url);
@@ -540,6 +553,19 @@ describe('normalizeIp', () => {
     assert.equal(normalizeIp('::ffff:abcd'), '::ffff:abcd');
     assert.equal(normalizeIp(''), '');
   });
+
+  it('in the other forms an address from X-Forwarded-For may take', () => {
+    assert.equal(normalizeIp('::FFFF:1.2.3.4'), '1.2.3.4');
+    assert.equal(normalizeIp('0:0:0:0:0:ffff:1.2.3.4'), '1.2.3.4');
+    assert.equal(normalizeIp('0000:0000:0000:0000:0000:FFFF:10.0.0.1'), '10.0.0.1');
+    assert.equal(normalizeIp('0::ffff:1.2.3.4'), '1.2.3.4');
+    // Not IPv4-mapped, or not an address at all: as given.
+    assert.equal(normalizeIp('1::ffff:1.2.3.4'), '1::ffff:1.2.3.4');
+    assert.equal(normalizeIp('fe80::ffff:1.2.3.4'), 'fe80::ffff:1.2.3.4');
+    assert.equal(normalizeIp(':ffff:1.2.3.4'), ':ffff:1.2.3.4');
+    assert.equal(normalizeIp('0:ffff:1.2.3.4'), '0:ffff:1.2.3.4');
+    assert.equal(normalizeIp('::FFFF:abcd'), '::FFFF:abcd');
+  });
 });
 
 describe('hostile input always gives one line of valid JSON', () => {
@@ -794,6 +820,18 @@ describe('serialize.ts writes exactly what record.ts builds', () => {
     assert.equal(records, 2700);
   });
 
+  it('request.id is decoded as the x-request-id header is: UTF-8 sent as latin1 text', () => {
+    for (const id of ['caf\u00c3\u00a9', 'caf\u00e9', 'a\u00c3', 'tab\there "q"']) {
+      const parsed = record(exchange({ rawHeaders: ['Host', 'a.test', 'X-Request-Id', id], requestId: id }));
+      assert.equal(parsed['request'].id, parsed['request'].headers['x-request-id'], JSON.stringify(id));
+    }
+    assert.equal(
+      record(exchange({ rawHeaders: [], requestId: 'caf\u00c3\u00a9' }))['request'].id,
+      'caf\u00e9',
+      'the UTF-8 bytes of "café"',
+    );
+  });
+
   it('an x-request-id value written again from the bytes of request.id, only where they are the same', () => {
     const ids = [
       '7f3c2a9e-5d41-4b8a-9c1e-2f6d8b0a4e17',
@@ -899,7 +937,7 @@ describe('serialize.ts writes exactly what record.ts builds', () => {
       for (let i = Math.floor(next() * 5); i > 0; i--) head += `${pick(NAMES)}: ${text(TEXT, 4)} \r\n`;
       if (next() < 0.2) head += 'no colon here\r\n: empty name\r\n';
       head += '\r\n';
-      const url = `/${text(next() < 0.3 ? WIDE : TEXT, 5)}${next() < 0.8 ? `?${query()}` : ''}`;
+      const url = `${next() < 0.1 ? pick(['http://h.test', 'HTTPS://h.test:1', 'x:']) : ''}/${text(next() < 0.3 ? WIDE : TEXT, 5)}${next() < 0.8 ? `?${query()}` : ''}`;
       const response: CapturedResponse | null =
         next() < 0.1
           ? null
@@ -912,7 +950,7 @@ describe('serialize.ts writes exactly what record.ts builds', () => {
         response,
         headersAt: next() < 0.2 ? null : 1001.5,
         requestId: next() < 0.5 ? undefined : text([...TEXT, ...WIDE], 3),
-        clientIp: next() < 0.1 ? undefined : pick(['127.0.0.1', '::ffff:10.1.2.3', '::1']),
+        clientIp: next() < 0.1 ? undefined : pick(['127.0.0.1', '::ffff:10.1.2.3', '::1', '::FFFF:10.1.2.3']),
         route: next() < 0.5 ? null : { path: `/r/${text(TEXT, 2)}`, baseUrl: text(TEXT, 2) },
       });
       const extras: Extras | undefined =
