@@ -52,6 +52,20 @@ const BATCH_BYTES = 64 * 1024;
  */
 const MAX_IN_FLIGHT_BATCHES = 4;
 const BACKOFF_BASE_MS = 50;
+/**
+ * A connection that fails this soon after it opened did not work, though the kernel took what was
+ * written: a collector that accepts and then resets, or a TLS 1.3 server refusing the client's
+ * certificate (it says so only after the client's handshake is done). Back off, or fail over.
+ */
+const PROVEN_MS = 1_000;
+/**
+ * How long a TLS 1.3 connection waits for the server's word before records go on it: a server
+ * that accepts the client's certificate sends session tickets, one that refuses it an alert, and
+ * both only after the client's side of the handshake is done. Records written before the alert
+ * would be taken by the kernel and lost. A server that sends no tickets costs this delay once per
+ * connection.
+ */
+const TLS13_ACCEPT_MS = 250;
 const BACKOFF_CAP_MS = 5_000;
 /** How often a failed-over client checks whether the preferred server is back. */
 const FAILBACK_MS = 5_000;
@@ -69,6 +83,12 @@ interface Connection {
   confirmed: boolean;
   connectTimer: NodeJS.Timeout | null;
   stallTimer: NodeJS.Timeout | null;
+  /** Says the outage is over once the connection has lasted PROVEN_MS. */
+  provenTimer: NodeJS.Timeout | null;
+  /** When it opened (performance.now()), or -1. */
+  openedAt: number;
+  /** It stalled, or failed within PROVEN_MS of opening: it did not work, whatever it confirmed. */
+  failed: boolean;
 }
 
 export class TcpLogClient implements RecordSink {
@@ -177,6 +197,9 @@ export class TcpLogClient implements RecordSink {
     this.#closed = true;
     this.#clearTimers();
     for (const connection of this.#connections()) {
+      // A write the collector never took keeps Node's loop alive, unref'd socket or not: such a
+      // socket is destroyed rather than ended, or a stalled collector would hold the process.
+      const pending = connection.inFlight.length > 0 || connection.socket.writableLength > 0;
       // In-flight batches belong to sockets we stop watching: given up, not requeued.
       for (const batch of connection.inFlight) this.#queue.dropInFlight(batch);
       connection.inFlight.length = 0;
@@ -184,7 +207,7 @@ export class TcpLogClient implements RecordSink {
       const { socket } = connection;
       socket.removeAllListeners('close');
       socket.on('error', ignoreError);
-      if (connection === this.#probe) socket.destroy();
+      if (connection === this.#probe || pending) socket.destroy();
       else socket.end();
       socket.unref();
     }
@@ -208,7 +231,7 @@ export class TcpLogClient implements RecordSink {
     // connecting or ending: the records wait for the next connection.
   }
 
-  #open(index: number): Connection {
+  #open(index: number, probe = false): Connection {
     const server = this.settings.servers[index] as ServerSettings;
     const { host, port } = server;
     const socket = server.tls ? tls.connect({ ...server.tls, host, port }) : net.connect({ host, port });
@@ -221,16 +244,31 @@ export class TcpLogClient implements RecordSink {
       confirmed: false,
       connectTimer: null,
       stallTimer: null,
+      provenTimer: null,
+      openedAt: -1,
+      failed: false,
     };
-    // unref: logging must never keep the process alive (close() refs it while it flushes).
-    if (this.#idleWaiters.size === 0) socket.unref();
+    // unref: logging must never keep the process alive (close() refs it while it flushes; never a
+    // probe, which no flush waits on).
+    if (probe || this.#idleWaiters.size === 0) socket.unref();
     socket.setNoDelay(true);
-    connection.connectTimer = this.#timer(() => {
-      socket.destroy(
-        new TcpLogDeliveryError(server.label, 'ETIMEDOUT', `connect timed out after ${this.settings.timeout} ms`),
-      );
-    }, this.settings.timeout);
-    socket.once(server.tls ? 'secureConnect' : 'connect', () => this.#onOpen(connection));
+    connection.connectTimer = this.#timer(
+      () => {
+        socket.destroy(
+          new TcpLogDeliveryError(server.label, 'ETIMEDOUT', `connect timed out after ${this.settings.timeout} ms`),
+        );
+      },
+      this.settings.timeout,
+      probe,
+    );
+    if (server.tls) {
+      socket.once('secureConnect', () => {
+        if ((socket as tls.TLSSocket).getProtocol() === 'TLSv1.3') this.#awaitAcceptance(connection, probe);
+        else this.#onOpen(connection);
+      });
+    } else {
+      socket.once('connect', () => this.#onOpen(connection));
+    }
     socket.on('error', (err: Error) => this.#onSocketError(connection, err));
     socket.on('end', function onServerEnd() {
       // The server closed its side (Kong's test server does after one line): anything written
@@ -247,6 +285,25 @@ export class TcpLogClient implements RecordSink {
     return connection;
   }
 
+  /** Opens a TLS 1.3 connection once the server has shown it accepted the client (TLS13_ACCEPT_MS). */
+  #awaitAcceptance(connection: Connection, probe: boolean): void {
+    const socket = connection.socket as tls.TLSSocket;
+    let done = false;
+    const accepted = (): void => {
+      // Once: a server sends two tickets, maybe in one read, and the timer may have fired first.
+      if (done) return;
+      done = true;
+      socket.off('session', onSession);
+      if (connection.provenTimer) clearTimeout(connection.provenTimer);
+      connection.provenTimer = null;
+      if (!socket.destroyed) this.#onOpen(connection);
+    };
+    // 'session' comes from inside OpenSSL's read: writing there broke the stream (bad record MAC).
+    const onSession = (): void => void setImmediate(accepted);
+    socket.on('session', onSession);
+    connection.provenTimer = this.#timer(accepted, TLS13_ACCEPT_MS, probe);
+  }
+
   #connect(): void {
     this.#active = this.#open(this.#next);
   }
@@ -260,10 +317,20 @@ export class TcpLogClient implements RecordSink {
     }
     if (connection !== this.#active) return;
     connection.state = 'open';
+    connection.openedAt = performance.now();
     this.#connects++;
-    this.#failedInRound = 0;
     if (this.settings.keepalive > 0) connection.socket.setTimeout(this.settings.keepalive);
-    if (this.#failing) this.#recovered();
+    if (this.#failing) {
+      // Not yet: a connection that opens and fails at once would end and start an outage each time.
+      connection.provenTimer = this.#timer(
+        () => {
+          connection.provenTimer = null;
+          if (connection === this.#active && connection.state === 'open' && this.#failing) this.#recovered();
+        },
+        PROVEN_MS,
+        true,
+      );
+    }
     if (connection.index !== 0) this.#scheduleFailback();
     this.#flush();
   }
@@ -282,6 +349,8 @@ export class TcpLogClient implements RecordSink {
     }
     this.#active = probe;
     this.#next = 0;
+    // Now the connection a flush waits on, if one does.
+    this.#refHandles();
     this.#onOpen(probe);
   }
 
@@ -291,7 +360,7 @@ export class TcpLogClient implements RecordSink {
       () => {
         this.#failbackTimer = null;
         if (this.#closed || !this.#active || this.#active.index === 0 || this.#active.state !== 'open') return;
-        this.#probe = this.#open(0);
+        this.#probe = this.#open(0, true);
       },
       jitter(FAILBACK_MS),
       true,
@@ -302,6 +371,9 @@ export class TcpLogClient implements RecordSink {
     // A probe failing only means the preferred server is still down: already reported.
     if (connection === this.#probe) return;
     const code = (err as NodeJS.ErrnoException).code ?? 'ERR_SOCKET';
+    if (code === 'ESTALLED' || (connection.openedAt !== -1 && performance.now() - connection.openedAt < PROVEN_MS)) {
+      connection.failed = true;
+    }
     const wrapped =
       err instanceof TcpLogDeliveryError
         ? err
@@ -312,7 +384,15 @@ export class TcpLogClient implements RecordSink {
   #onIdle(connection: Connection): void {
     if (connection !== this.#active || connection.state !== 'open' || !this.#queue.idle) return;
     connection.state = 'ending';
-    connection.socket.end();
+    this.#clearConnectionTimers(connection);
+    // Out of the way at once: a collector that keeps its side open (allowHalfOpen) would
+    // otherwise hold the records that come next until it closed. It gets `timeout` to close.
+    this.#active = null;
+    this.#retired.add(connection);
+    const { socket } = connection;
+    connection.stallTimer = this.#timer(() => socket.destroy(), this.settings.timeout, true);
+    socket.setTimeout(0);
+    socket.end();
   }
 
   #onClose(connection: Connection): void {
@@ -334,13 +414,15 @@ export class TcpLogClient implements RecordSink {
       return;
     }
     if (connection !== this.#active) return;
-    const worked = connection.state === 'ending' || (connection.state === 'open' && connection.confirmed);
+    const worked =
+      connection.state === 'ending' || (connection.state === 'open' && connection.confirmed && !connection.failed);
     this.#active = null;
     if (this.#failbackTimer) clearTimeout(this.#failbackTimer);
     this.#failbackTimer = null;
     if (worked) {
       this.#attempt = 0;
       this.#failedInRound = 0;
+      if (this.#failing) this.#recovered();
     } else if (++this.#failedInRound < this.settings.servers.length) {
       // Fail over: the next server in the list, at once.
       this.#next = (connection.index + 1) % this.settings.servers.length;
@@ -486,6 +568,8 @@ export class TcpLogClient implements RecordSink {
   #clearConnectionTimers(connection: Connection): void {
     if (connection.connectTimer) clearTimeout(connection.connectTimer);
     connection.connectTimer = null;
+    if (connection.provenTimer) clearTimeout(connection.provenTimer);
+    connection.provenTimer = null;
     this.#clearStall(connection);
   }
 

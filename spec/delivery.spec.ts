@@ -13,7 +13,17 @@ import tcplog = require('../lib/index.js');
 import { activeClientCount } from '../lib/registry.js';
 import { TcpLogClient } from '../lib/client.js';
 import { parseOptions } from '../lib/options.js';
-import { freePort, invariant, listen, listenLogged, request, until, waitFor, type Listening } from './helpers.js';
+import {
+  LineServer,
+  freePort,
+  invariant,
+  listen,
+  listenLogged,
+  request,
+  until,
+  waitFor,
+  type Listening,
+} from './helpers.js';
 import { pem, transports } from './transports.js';
 
 type Json = Record<string, any>;
@@ -141,6 +151,8 @@ for (const transport of transports) {
         Array.from({ length: 2000 }, (_, i) => i),
       );
       assert.ok(writes.length < 20, `2000 records arrived in ${writes.length} reads`);
+      // The receiver may read the bytes before the client hears its write is done.
+      await until(() => client.stats().buffered === 0, undefined, 'the write callbacks');
       assert.deepEqual(client.stats(), {
         records: 2000,
         sent: 2000,
@@ -210,6 +222,33 @@ for (const transport of transports) {
       assert.equal(mw.stats().connects, 2);
       assert.equal(mw.stats().errors, 0, 'an idle close is not an error');
     });
+
+    if (transport.name === 'tcp') {
+      it('keepalive: a collector that keeps its side open after the idle close does not hold the next records', async () => {
+        // allowHalfOpen: it reads the client's end of stream and never sends its own.
+        const receiver = new LineServer();
+        const halfOpen = net.createServer({ allowHalfOpen: true }, (socket) =>
+          receiver.server.emit('connection', socket),
+        );
+        halfOpen.listen(0, '127.0.0.1');
+        await once(halfOpen, 'listening');
+        track({
+          close: async () => {
+            await receiver.close();
+            await new Promise<void>((resolve) => halfOpen.close(() => resolve()));
+          },
+        });
+        const mw = logger({ host: '127.0.0.1', port: (halfOpen.address() as net.AddressInfo).port, keepalive: 200 });
+        const http = await appWith(mw);
+        await request(http.port, '/n/1');
+        await receiver.waitForLines(1);
+        await until(() => !mw.stats().connected, undefined, 'the idle close');
+        await request(http.port, '/n/2');
+        await receiver.waitForLines(2);
+        assert.equal(receiver.connections, 2);
+        assert.equal(mw.stats().errors, 0);
+      });
+    }
 
     it('keepalive: 0 keeps the connection open', async () => {
       const receiver = track(await transport.startReceiver());

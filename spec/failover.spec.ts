@@ -3,9 +3,11 @@
  * gets the records; a failure moves them to the next; the preferred one is used again once back.
  */
 import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import net, { type AddressInfo } from 'node:net';
 import { afterEach, describe, it } from 'node:test';
 import tcplog = require('../lib/index.js');
-import { freePort, invariant, listenLogged, request, until, type LineServer } from './helpers.js';
+import { freePort, invariant, listenLogged, request, startLineServer, until, type LineServer } from './helpers.js';
 import { transports } from './transports.js';
 
 const cleanup: Array<() => Promise<void> | void> = [];
@@ -136,6 +138,36 @@ describe('servers option', () => {
       );
     });
   }
+
+  it('a server that resets as soon as records come counts as failed: the next one gets the rest', async () => {
+    const resetting = net.createServer((socket) => {
+      accepted++;
+      socket.once('data', () => socket.resetAndDestroy());
+    });
+    let accepted = 0;
+    resetting.listen(0, '127.0.0.1');
+    await once(resetting, 'listening');
+    cleanup.push(() => new Promise<void>((resolve) => resetting.close(() => resolve())));
+    const healthy = await startLineServer();
+    cleanup.push(() => healthy.close());
+    const errors: Error[] = [];
+    const mw = tcplog({
+      servers: [
+        { host: '127.0.0.1', port: (resetting.address() as AddressInfo).port },
+        { host: '127.0.0.1', port: healthy.port },
+      ],
+      onError: (err) => errors.push(err),
+    });
+    middlewares.push(mw);
+    const http = await listenLogged(mw);
+    cleanup.push(() => http.close());
+    for (let i = 0; i < 20; i++) await request(http.port, `/n/${i}`);
+    await until(() => healthy.lines.length > 0);
+    // The kernel took what was written before the reset: that is lost, and counted as sent. But
+    // before, every record opened a connection to the resetting server, and none went further.
+    assert.ok(accepted <= 2, `${accepted} connections to the resetting server`);
+    assert.ok(errors.length >= 1 && errors.length <= 2, `${errors.length} errors`);
+  });
 
   it('rejects host/port together with servers', () => {
     assert.throws(

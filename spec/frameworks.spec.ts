@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import nodeHttp, { type IncomingMessage, type ServerResponse } from 'node:http';
 import http2 from 'node:http2';
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import connect from 'connect';
@@ -302,5 +302,48 @@ describe('never keeps the process alive', () => {
     assert.equal(signal, null, `the child had to be killed: it did not exit by itself. Output: ${output}`);
     assert.equal(code, 0, output);
     assert.match(output, /closed/);
+  });
+
+  it('a collector that stops reading: once close() gives up, the process exits on its own', async () => {
+    // Accepts and never reads: the kernel's buffers fill, and the client's writes stay pending,
+    // which keep Node's loop alive whatever is unref'd.
+    const stalled = net.createServer((socket) => socket.pause());
+    stalled.listen(0, '127.0.0.1');
+    await once(stalled, 'listening');
+    const sockets = new Set<net.Socket>();
+    stalled.on('connection', (socket) => sockets.add(socket));
+    try {
+      const lib = path.resolve(__dirname, '../lib/index.js');
+      const script = `
+        const express = require('express');
+        const tcplog = require(${JSON.stringify(lib)});
+        const mw = tcplog({ host: '127.0.0.1', port: ${(stalled.address() as AddressInfo).port}, timeout: 500, onError() {} });
+        const app = express();
+        app.use(mw);
+        app.get('/', (req, res) => res.send('ok'));
+        const pad = 'x'.repeat(12 * 1024);
+        const server = app.listen(0, '127.0.0.1', async () => {
+          const url = 'http://127.0.0.1:' + server.address().port + '/';
+          // About 18 MB of records: more than the socket buffers and the 16 MiB bound.
+          for (let round = 0; round < 30; round++) {
+            await Promise.all(Array.from({ length: 50 }, () => fetch(url, { headers: { 'x-pad': pad } }).then((r) => r.text())));
+          }
+          server.closeAllConnections();
+          server.close();
+          await mw.close();
+          const stats = mw.stats();
+          console.log(JSON.stringify(stats));
+        });`;
+      const { code, signal, output } = await runNode(script);
+      assert.equal(signal, null, `the child had to be killed: it did not exit by itself. Output: ${output}`);
+      assert.equal(code, 0, output);
+      const stats = JSON.parse(output) as { records: number; sent: number; dropped: number; buffered: number };
+      assert.equal(stats.records, 1500);
+      assert.ok(stats.dropped > 0, 'close() gave up on records the collector never took');
+      assert.equal(stats.sent + stats.dropped + stats.buffered, stats.records);
+    } finally {
+      for (const socket of sockets) socket.destroy();
+      stalled.close();
+    }
   });
 });
