@@ -301,7 +301,8 @@ export class TcpLogClient implements RecordSink {
     // 'session' comes from inside OpenSSL's read: writing there broke the stream (bad record MAC).
     const onSession = (): void => void setImmediate(accepted);
     socket.on('session', onSession);
-    connection.provenTimer = this.#timer(accepted, TLS13_ACCEPT_MS, probe);
+    // Within the connect timeout, which still runs: a short `timeout` must not fail every connection.
+    connection.provenTimer = this.#timer(accepted, Math.min(TLS13_ACCEPT_MS, this.settings.timeout / 2), probe);
   }
 
   #connect(): void {
