@@ -68,9 +68,9 @@ export interface TcpLogOptions {
    */
   consumer?(req: IncomingMessage): Record<string, unknown> | string | undefined;
   /**
-   * `true` to leave a request out (morgan's convention), e.g. health checks, or every consumer but
-   * one. Called when the response finishes, so `res.statusCode` is known. One that throws counts
-   * as `false` (the request is logged) and is reported once.
+   * `true` (or any truthy value, as morgan takes it) to leave a request out, e.g. health checks,
+   * or every consumer but one. Called when the response finishes, so `res.statusCode` is known.
+   * One that throws counts as `false` (the request is logged) and is reported once.
    */
   skip?(req: IncomingMessage, res: ServerResponse): boolean;
   /**
@@ -279,6 +279,11 @@ function mergeTarget(target: unknown, more: unknown): Record<string, unknown> {
           `${PACKAGE}: option "tls" is ${show(more['tls'])} but the connection string ${show(target)} asks for TLS`,
         );
       }
+      if (!fromUrl.tls && more['tls'] !== undefined && more['tls'] !== false) {
+        throw new TypeError(
+          `${PACKAGE}: option "tls" is ${show(more['tls'])} but the connection string ${show(target)} asks for plain TCP; write 'tls://...' for TLS`,
+        );
+      }
     }
     const merged: Record<string, unknown> = { ...more, host: fromUrl.host, port: fromUrl.port };
     if (fromUrl.tls && (more?.['tls'] === undefined || more['tls'] === true)) merged['tls'] = true;
@@ -326,7 +331,13 @@ function parseServers(options: Record<string, unknown>): readonly ServerSettings
       const name = `servers[${i}]`;
       if (typeof entry === 'string') {
         const parsed = parseConnectionString(entry, name);
-        const tls = parsed.tls && (options['tls'] === undefined || options['tls'] === false) ? true : options['tls'];
+        // The scheme says which: `tcp://` is plain TCP even when the instance's `tls` is set (for
+        // its `tls://` and object entries); `tls://` takes the instance's settings, if any.
+        const tls = !parsed.tls
+          ? false
+          : options['tls'] === undefined || options['tls'] === false
+            ? true
+            : options['tls'];
         return server(parsed.host, parsed.port, parseTls(name, tls, servername, parsed.host));
       }
       if (!isPlainObject(entry)) {

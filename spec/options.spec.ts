@@ -781,6 +781,33 @@ describe('connection strings', () => {
     assert.deepEqual({ ...sni.destination.tls }, { servername: 'logs.example' });
   });
 
+  it('tcp:// with tls set is a contradiction', () => {
+    for (const tls of [true, { rejectUnauthorized: true }]) {
+      assert.throws(
+        () => parseOptions('tcp://logs.example:5170', { tls }),
+        (err: unknown) => {
+          assert.ok(err instanceof TypeError);
+          assert.ok(err.message.startsWith('express-tcplog: option "tls"'), err.message);
+          assert.ok(err.message.includes('"tcp://logs.example:5170" asks for plain TCP'), err.message);
+          return true;
+        },
+      );
+    }
+    assert.equal(parseOptions('tcp://logs.example:5170', { tls: false }).destination.tls, null);
+  });
+
+  it('servers: a tcp:// entry is plain TCP even when the instance sets tls for the others', () => {
+    const { servers } = parseOptions({
+      servers: ['tcp://a.example:5170', 'tls://b.example:6514', { host: 'c.example', port: 6514 }],
+      tls: { rejectUnauthorized: true },
+    }).destination;
+    assert.deepEqual(
+      servers.map((entry) => entry.label),
+      ['tcp://a.example:5170', 'tls://b.example:6514', 'tls://c.example:6514'],
+    );
+    assert.equal(servers[0]?.tls, null);
+  });
+
   it('tls:// with tls: false is a contradiction', () => {
     assert.throws(
       () => parseOptions('tls://logs.example:6514', { tls: false }),
