@@ -455,7 +455,9 @@ function buildAndSend(res: TrackedResponse): void {
     const { hooks } = instance;
     if (hooks.skip !== null) {
       const skip = hooks.skip;
-      if (callHook(instance, 'skip', () => skip(req, res)) === true) return;
+      // Any truthy value, as morgan takes it: a JavaScript app may return a string or a match.
+      const skipped = callHook(instance, 'skip', () => skip(req, res));
+      if (skipped !== FAILED && Boolean(skipped)) return;
     }
     const extras = hooks.consumer !== null || hooks.customFields.length > 0 ? runHooks(instance, req, res) : undefined;
     const { data, length } = writeRecord(describe(exchange, res), instance.record, extras);

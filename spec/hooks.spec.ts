@@ -163,6 +163,19 @@ describe('customFields, consumer, skip and request.id', () => {
     assert.equal(mw.stats().records, 2);
   });
 
+  it('skip: any truthy value leaves the request out, as morgan takes it', async () => {
+    const { port } = await appWith({
+      // What a JavaScript app may return: a match, a number, a string.
+      skip: ((req: Req) => /\/items\/[13]/.exec(req.url ?? '') ?? (req.url?.includes('/2') ? 1 : '')) as never,
+    });
+    for (let i = 1; i <= 4; i++) await request(port, `/items/${i}?tag=truthy`);
+    const records = await recordsTagged('truthy', 1);
+    assert.deepEqual(
+      records.map((r) => r['request'].uri),
+      ['/items/4?tag=truthy'],
+    );
+  });
+
   it('a throwing skip logs the request and is reported once', async () => {
     const errors: Error[] = [];
     const { port } = await appWith({
