@@ -49,6 +49,8 @@ export type LoggedValue = string | boolean | Array<string | boolean>;
 /** One record, as written (before the delimiter). */
 export interface TcpLogRecord {
   request: {
+    /** The incoming `x-request-id` header, when there is one (repeats joined with `, `). */
+    id?: string;
     method: string;
     uri: string;
     request_uri: string;
@@ -70,6 +72,8 @@ export interface TcpLogRecord {
   };
   api?: Record<string, unknown>;
   route?: { path: string; base_url: string };
+  /** What the `consumer` option returned for this request, when it returned something. */
+  consumer?: Record<string, unknown> | string;
   started_at: number;
   client_ip?: string;
 }

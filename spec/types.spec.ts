@@ -191,6 +191,8 @@ describe('public types', () => {
     expectTypeOf<TcpLogRecord['route']>().toEqualTypeOf<{ path: string; base_url: string } | undefined>();
     expectTypeOf<TcpLogRecord['started_at']>().toEqualTypeOf<number>();
     expectTypeOf<TcpLogRecord['client_ip']>().toEqualTypeOf<string | undefined>();
+    expectTypeOf<Request['id']>().toEqualTypeOf<string | undefined>();
+    expectTypeOf<TcpLogRecord['consumer']>().toEqualTypeOf<Record<string, unknown> | string | undefined>();
     expectTypeOf<RequiredKeys<TcpLogRecord>>().toEqualTypeOf<'request' | 'response' | 'latencies' | 'started_at'>();
 
     // A record as received parses into the type.
