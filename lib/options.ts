@@ -74,9 +74,12 @@ export interface TcpLogOptions {
    */
   skip?(req: IncomingMessage, res: ServerResponse): boolean;
   /**
-   * Called with each connection problem (a `TcpLogDeliveryError`). Never called from the request
-   * path; an exception it throws is ignored.
-   * @default a warning on stderr once when delivery starts failing and once when it recovers
+   * Called with each connection problem (a `TcpLogDeliveryError`; `EDROPPED` when `close()` gave
+   * up on records), and once per failing `skip`, `consumer` or `customFields` entry (a plain
+   * `Error`). Never called from the request path; an exception it throws is ignored. Instances
+   * sharing a destination each hear its connection problems.
+   * @default warnings on stderr: once when delivery starts failing and once when it recovers, once
+   * when `close()` drops records, once per failing hook
    */
   onError?: (err: Error) => void;
 }
