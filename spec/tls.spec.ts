@@ -36,12 +36,13 @@ describe('TLS', () => {
   }
 
   async function appLoggingWith(
-    options: tcplog.TcpLogOptions | string,
+    options: tcplog.TcpLogOptions | tcplog.TcpLogServersOptions | string,
     more?: tcplog.TcpLogMoreOptions,
   ): Promise<{ mw: tcplog.Middleware; http: Listening; errors: Error[] }> {
     const errors: Error[] = [];
-    const withErrors = { ...more, onError: (err: Error) => errors.push(err) };
-    const mw = typeof options === 'string' ? tcplog(options, withErrors) : tcplog({ ...options, ...withErrors });
+    const onError = (err: Error): void => void errors.push(err);
+    // `more` goes with a connection string only, as the factory takes it.
+    const mw = typeof options === 'string' ? tcplog(options, { ...more, onError }) : tcplog({ ...options, onError });
     middlewares.push(mw);
     const app = express();
     app.use(mw);
@@ -167,23 +168,13 @@ describe('TLS', () => {
   it('a server refusing the client certificate: the next server gets every record', async () => {
     const refusing = await tlsReceiver({ ...serverTls, ca, requestCert: true, rejectUnauthorized: true });
     const healthy = await tlsReceiver();
-    const errors: Error[] = [];
-    const mw = tcplog({
+    const { mw, http, errors } = await appLoggingWith({
       servers: [
         { host: 'localhost', port: refusing.port },
         { host: 'localhost', port: healthy.port },
       ],
       tls: { ca },
-      onError: (err) => errors.push(err),
     });
-    middlewares.push(mw);
-    const app = express();
-    app.use(mw);
-    app.get('/', (_req, res) => {
-      res.send('ok');
-    });
-    const http = await listen(app);
-    cleanup.push(() => http.close());
     for (let i = 0; i < 10; i++) await request(http.port, `/?n=${i}`);
     await healthy.waitForLines(10);
     assert.deepEqual(
