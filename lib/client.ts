@@ -53,11 +53,15 @@ const BATCH_BYTES = 64 * 1024;
 const MAX_IN_FLIGHT_BATCHES = 4;
 const BACKOFF_BASE_MS = 50;
 /**
- * A connection that fails this soon after it opened did not work, though the kernel took what was
- * written: a collector that accepts and then resets, or a TLS 1.3 server refusing the client's
- * certificate (it says so only after the client's handshake is done). Back off, or fail over.
+ * A connection that fails this soon after it opened, though the kernel took what was written, may
+ * be a collector that accepts and then resets (a balancer with no backend behind it). Or one that
+ * reads some and then resets: reconnecting at once delivered every record to such a collector
+ * in a test, where backing off let records pile up into writes it reset before reading. So such
+ * a failure counts as one that worked, unless EARLY_FAILURES come in a row and there is another
+ * server to go to. The outage is declared over only once a connection has lasted this long.
  */
 const PROVEN_MS = 1_000;
+const EARLY_FAILURES = 3;
 /**
  * How long a TLS 1.3 connection waits for the server's word before records go on it: a server
  * that accepts the client's certificate sends session tickets, one that refuses it an alert, and
@@ -87,8 +91,10 @@ interface Connection {
   provenTimer: NodeJS.Timeout | null;
   /** When it opened (performance.now()), or -1. */
   openedAt: number;
-  /** It stalled, or failed within PROVEN_MS of opening: it did not work, whatever it confirmed. */
+  /** It stalled: it did not work, whatever it confirmed. */
   failed: boolean;
+  /** It failed with an error within PROVEN_MS of opening. */
+  failedEarly: boolean;
 }
 
 export class TcpLogClient implements RecordSink {
@@ -105,6 +111,8 @@ export class TcpLogClient implements RecordSink {
   #next = 0;
   /** Servers tried and failed since the last working connection, in this round. */
   #failedInRound = 0;
+  /** Connections in a row to the current server that failed within PROVEN_MS (see there). */
+  #earlyFailures = 0;
   #attempt = 0;
   #connects = 0;
   #errors = 0;
@@ -247,6 +255,7 @@ export class TcpLogClient implements RecordSink {
       provenTimer: null,
       openedAt: -1,
       failed: false,
+      failedEarly: false,
     };
     // unref: logging must never keep the process alive (close() refs it while it flushes; never a
     // probe, which no flush waits on).
@@ -372,8 +381,9 @@ export class TcpLogClient implements RecordSink {
     // A probe failing only means the preferred server is still down: already reported.
     if (connection === this.#probe) return;
     const code = (err as NodeJS.ErrnoException).code ?? 'ERR_SOCKET';
-    if (code === 'ESTALLED' || (connection.openedAt !== -1 && performance.now() - connection.openedAt < PROVEN_MS)) {
-      connection.failed = true;
+    if (code === 'ESTALLED') connection.failed = true;
+    else if (connection.openedAt !== -1 && performance.now() - connection.openedAt < PROVEN_MS) {
+      connection.failedEarly = true;
     }
     const wrapped =
       err instanceof TcpLogDeliveryError
@@ -415,17 +425,22 @@ export class TcpLogClient implements RecordSink {
       return;
     }
     if (connection !== this.#active) return;
+    const early = connection.failedEarly;
+    this.#earlyFailures = early ? this.#earlyFailures + 1 : 0;
+    const moveOn = early && this.#earlyFailures >= EARLY_FAILURES && this.settings.servers.length > 1;
     const worked =
-      connection.state === 'ending' || (connection.state === 'open' && connection.confirmed && !connection.failed);
+      connection.state === 'ending' ||
+      (connection.state === 'open' && connection.confirmed && !connection.failed && !moveOn);
     this.#active = null;
     if (this.#failbackTimer) clearTimeout(this.#failbackTimer);
     this.#failbackTimer = null;
     if (worked) {
       this.#attempt = 0;
       this.#failedInRound = 0;
-      if (this.#failing) this.#recovered();
+      if (this.#failing && !early) this.#recovered();
     } else if (++this.#failedInRound < this.settings.servers.length) {
       // Fail over: the next server in the list, at once.
+      this.#earlyFailures = 0;
       this.#next = (connection.index + 1) % this.settings.servers.length;
       this.#kick();
       this.#wakeIdle();

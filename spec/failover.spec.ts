@@ -163,10 +163,11 @@ describe('servers option', () => {
     cleanup.push(() => http.close());
     for (let i = 0; i < 20; i++) await request(http.port, `/n/${i}`);
     await until(() => healthy.lines.length > 0);
-    // The kernel took what was written before the reset: that is lost, and counted as sent. But
+    // The kernel took what was written before each reset: that is lost, and counted as sent. But
     // before, every record opened a connection to the resetting server, and none went further.
-    assert.ok(accepted <= 2, `${accepted} connections to the resetting server`);
-    assert.ok(errors.length >= 1 && errors.length <= 2, `${errors.length} errors`);
+    // Three early failures in a row move on (one alone may be a collector that read first).
+    assert.ok(accepted <= 3, `${accepted} connections to the resetting server`);
+    assert.ok(errors.length >= 1 && errors.length <= 3, `${errors.length} errors`);
   });
 
   it('rejects host/port together with servers', () => {
