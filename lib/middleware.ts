@@ -83,13 +83,11 @@ interface LiveExchange {
   arrivedAt: number;
   headersAt: number | null;
   bodyBytes: number;
-  /** `bytesWritten` at arrival, or -1 when an earlier response on the socket was still open. */
-  writtenAtStart: number;
   /**
-   * Whether Node's server queued the response behind an earlier one on the connection (it has
-   * no socket until that one is done), logged or not: the earlier one's bytes are still to come.
+   * `bytesWritten` when the exchange began, or -1 when an earlier response on the socket was still
+   * open (logged or not): then it begins where that one ends.
    */
-  readonly queued: boolean;
+  writtenAtStart: number;
   readonly remoteAddress: string | undefined;
   /** The `push` and `writeHead` this middleware wrapped on the objects themselves, called through. */
   push: Readable['push'] | null;
@@ -158,7 +156,9 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
   exchange.mountedAt = req.baseUrl ?? '';
   exchange.startedAt = Date.now();
   exchange.arrivedAt = performance.now();
-  exchange.writtenAtStart = marks.open === 0 && !exchange.queued ? socket.bytesWritten : -1;
+  // Announced by Node: marked then, before anything of it was written (a 100 Continue, 103 Early
+  // Hints, a middleware in front that answers). Otherwise, now.
+  if (exchange.sent === null) exchange.writtenAtStart = marks.open === 0 ? socket.bytesWritten : -1;
   marks.open++;
   if (marks.announced) {
     // No listener per request (they showed as about 3 % of a bare request's CPU): Node's own
@@ -204,8 +204,10 @@ function arrive(req: ExpressLikeRequest, res: TrackedResponse, socket: Socket, s
     arrivedAt: 0,
     headersAt: null,
     bodyBytes: initialBodyBytes(req),
-    writtenAtStart: -1,
-    queued: res.socket === null,
+    // Node announces a request before it queues the response behind one still open on the socket
+    // (pipelining) or hands it the socket: `_httpMessage` says which it will do.
+    writtenAtStart:
+      sent !== null && (socket as { _httpMessage?: unknown })._httpMessage == null ? socket.bytesWritten : -1,
     // Read now: once the socket is gone the address may be too.
     remoteAddress: socket.remoteAddress,
     push: null,

@@ -695,7 +695,25 @@ describe('what the client got, when some of the response never went out', () => 
       req.socket.once('close', () => next());
       arrivals.emit('late');
     });
+    // In front of the logger, bytes of the response already go out.
+    app.use('/hints', (_req, res, next) => {
+      res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
+      next();
+    });
+    app.use('/answered', (_req, res, next) => {
+      res.type('text/plain').send('answered before the logger');
+      next();
+    });
     app.use(mw);
+    app.put('/continue', express.text({ type: '*/*' }), (req, res) => {
+      res.type('text/plain').send(`got ${String(req.body).length}`);
+    });
+    app.get('/hints', (_req, res) => {
+      res.type('text/plain').send('with hints');
+    });
+    app.get('/answered', () => {
+      // Answered already.
+    });
     app.get('/late', (_req, res) => {
       res.send('nobody is there');
     });
@@ -738,6 +756,47 @@ describe('what the client got, when some of the response never went out', () => 
     assert.deepEqual(record['response'].headers, {});
     assert.equal(record['response'].size, 0);
     assert.equal(record['latencies'].proxy, undefined);
+  });
+
+  it('the first request on a connection counts what went out before the logger ran', async () => {
+    // Each on a connection of its own: Node's 100 Continue, 103 Early Hints from a middleware in
+    // front, a middleware in front that answers and calls next().
+    const cases: Array<[string, string, (received: Buffer) => boolean]> = [
+      [
+        '/continue',
+        'PUT /continue HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5\r\nConnection: close\r\n\r\n',
+        () => false,
+      ],
+      ['/hints', 'GET /hints HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n', () => false],
+      ['/answered', 'GET /answered HTTP/1.1\r\nHost: h\r\n\r\n', (got) => got.includes('answered before the logger')],
+    ];
+    for (const [uri, head, done] of cases) {
+      const socket = net.connect(http.port, '127.0.0.1');
+      await once(socket, 'connect');
+      const chunks: Buffer[] = [];
+      const received = new Promise<Buffer>((resolve) => {
+        socket.on('data', (chunk: Buffer) => {
+          chunks.push(chunk);
+          const got = Buffer.concat(chunks);
+          if (got.includes('100 Continue\r\n\r\n') && !got.includes('200 OK')) socket.write('hello');
+          if (done(got)) resolve(got);
+        });
+        socket.on('close', () => resolve(Buffer.concat(chunks)));
+      });
+      socket.write(head);
+      const reply = await received;
+      if (uri !== '/answered') {
+        assert.ok(
+          reply.indexOf('HTTP/1.1 200 OK') > 0,
+          `${uri}: an interim response first: ${reply.toString('latin1')}`,
+        );
+      }
+      await waitFor(receiver, 'line', () => receiver.records().some((r) => r['request'].uri === uri));
+      socket.destroy();
+      const record = receiver.records().find((r) => r['request'].uri === uri) as Json;
+      assert.equal(record['response'].status, 200, uri);
+      assert.equal(record['response'].size, reply.length, `${uri}: every byte sent, the interim response too`);
+    }
   });
 
   it('a client gone before the request reached the logger: still one record, nothing sent', async () => {
