@@ -252,7 +252,9 @@ function onServerRequest(message: unknown): void {
 
 /** The request line and headers of `req`, with `url` (Express keeps the original apart). */
 function sentRequest(req: IncomingMessage, url: string): SentRequest {
-  return { method: req.method ?? 'GET', url, httpVersion: req.httpVersion, rawHeaders: req.rawHeaders };
+  // A copy: an app that edits the array in place (adds a request id, renames a header) must not
+  // change what the record says arrived.
+  return { method: req.method ?? 'GET', url, httpVersion: req.httpVersion, rawHeaders: req.rawHeaders.slice() };
 }
 
 /**
@@ -422,7 +424,17 @@ function settle(exchange: LiveExchange): void {
     }
   }
   exchange.endedAt = performance.now();
-  exchange.responseBytes = written - start;
+  const bytes = written - start;
+  exchange.responseBytes = Number.isFinite(bytes) ? bytes : declaredLength(exchange.res);
+}
+
+/**
+ * A response on a socket that counts no bytes (the HTTP/2 compatibility API, whose streams share
+ * a session; a request injected without a socket) is sized by its `content-length`, 0 without one.
+ */
+function declaredLength(res: ServerResponse): number {
+  const length = Number(res.getHeader('content-length'));
+  return Number.isSafeInteger(length) && length >= 0 ? length : 0;
 }
 
 /** Where the last response on a socket whose responses are logged ended. */

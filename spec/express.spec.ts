@@ -522,6 +522,10 @@ describe('the request as the client sent it, whatever the app changes before the
       if (typeof override === 'string') req.method = override;
       req.headers['x-request-id'] = 'made-by-the-app';
       req.headers.host = 'made-by-the-app.example';
+      // In place, in the array Node made: a header added, one renamed, one not even a string.
+      req.rawHeaders.push('X-Added-By-The-App', 'yes', 'X-Number', 7 as unknown as string);
+      const at = req.rawHeaders.indexOf('Authorization');
+      if (at !== -1) req.rawHeaders[at] = 'X-Was-Authorization';
       next();
     });
     app.use(mw);
@@ -548,7 +552,8 @@ describe('the request as the client sent it, whatever the app changes before the
   it('method, uri, host and request id as received; the status the head carried', async () => {
     const text =
       'POST /7?x=1 HTTP/1.1\r\nHost: client.example\r\nX-HTTP-Method-Override: PUT\r\n' +
-      'X-Request-Id: first\r\nX-Request-Id: second\r\nContent-Length: 0\r\nConnection: close\r\n\r\n';
+      'X-Request-Id: first\r\nX-Request-Id: second\r\nAuthorization: Bearer secret\r\n' +
+      'Content-Length: 0\r\nConnection: close\r\n\r\n';
     const received = await rawExchange(http.port, text, () => false);
     assert.match(received.toString(), /^HTTP\/1\.1 201 /);
     await receiver.waitForLines(1);
@@ -558,6 +563,15 @@ describe('the request as the client sent it, whatever the app changes before the
     assert.equal(record?.['request'].request_uri, 'http://client.example/7?x=1');
     assert.equal(record?.['request'].id, 'first, second', 'repeats joined as req.headers joins them');
     assert.deepEqual(record?.['request'].headers['x-request-id'], ['first', 'second']);
+    assert.deepEqual(Object.keys(record?.['request'].headers as object), [
+      'host',
+      'x-http-method-override',
+      'x-request-id',
+      'authorization',
+      'content-length',
+      'connection',
+    ]);
+    assert.equal(record?.['request'].headers['authorization'], 'REDACTED');
     assert.equal(record?.['request'].size, Buffer.byteLength(text));
     assert.equal(record?.['response'].status, 201);
     assert.equal(record?.['response'].size, received.length);

@@ -149,6 +149,7 @@ describe('works with', () => {
       (mw as unknown as (q: typeof req, s: typeof res, next: () => void) => void)(req, res, function answer() {
         res.statusCode = 202;
         res.setHeader('content-type', 'text/plain');
+        res.setHeader('content-length', '8');
         res.end('accepted');
       });
     });
@@ -166,6 +167,8 @@ describe('works with', () => {
       assert.deepEqual(record['request'].querystring, { lang: 'en' });
       assert.equal(record['response'].status, 202);
       assert.equal(record['response'].headers['content-type'], 'text/plain');
+      // Streams share the session's socket: no byte count of their own, so the declared length.
+      assert.equal(record['response'].size, 8);
     } finally {
       session.close();
       server.close();
