@@ -346,9 +346,11 @@ function headerIndex(raw: readonly string[], name: string, from: number): number
  * start the body flowing and take it from the app.
  */
 function initialBodyBytes(req: IncomingMessage): number {
-  if (!req.complete) return req.readableLength;
+  // A double made for tests may not be a stream at all.
+  const buffered = typeof req.readableLength === 'number' ? req.readableLength : 0;
+  if (!req.complete) return buffered;
   const declared = Number(rawHeader(req.rawHeaders, 'content-length'));
-  return Number.isSafeInteger(declared) && declared >= 0 ? declared : req.readableLength;
+  return Number.isSafeInteger(declared) && declared >= 0 ? declared : buffered;
 }
 
 function countingPush(this: IncomingMessage, chunk: unknown, encoding?: BufferEncoding): boolean {
@@ -433,7 +435,8 @@ function settle(exchange: LiveExchange): void {
  * a session; a request injected without a socket) is sized by its `content-length`, 0 without one.
  */
 function declaredLength(res: ServerResponse): number {
-  const length = Number(res.getHeader('content-length'));
+  // Called from event listeners, where a throw would reach the app: a double may lack getHeader.
+  const length = typeof res.getHeader === 'function' ? Number(res.getHeader('content-length')) : Number.NaN;
   return Number.isSafeInteger(length) && length >= 0 ? length : 0;
 }
 
@@ -593,7 +596,9 @@ function sentResponse(res: TrackedResponse, fromNode: boolean, bytes: number): C
   // res.statusCode is 200 by default even when nothing was sent: only a sent head has a status.
   if (!res.headersSent) return null;
   const head = typeof res._header === 'string' ? res._header : null;
-  return { status: res.statusCode, head, headers: head === null ? res.getHeaders() : null };
+  // A double made for tests may have no getHeaders(): the record still stands, without headers.
+  const headers = head !== null ? null : typeof res.getHeaders === 'function' ? res.getHeaders() : {};
+  return { status: res.statusCode, head, headers };
 }
 
 /** The status code of a head's status line ("HTTP/1.1 200 OK"), or null if it has none. */

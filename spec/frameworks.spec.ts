@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { once } from 'node:events';
+import { EventEmitter, once } from 'node:events';
 import nodeHttp, { type IncomingMessage, type ServerResponse } from 'node:http';
 import http2 from 'node:http2';
 import net, { type AddressInfo } from 'node:net';
@@ -173,6 +173,50 @@ describe('works with', () => {
       session.close();
       server.close();
       await once(server, 'close');
+    }
+  });
+});
+
+describe('a bare test double for req and res', () => {
+  it('no stream, no getHeader(s), no byte counts: still one record, and nothing thrown or warned', async () => {
+    const receiver = await startLineServer();
+    const mw = tcplog({ host: '127.0.0.1', port: receiver.port, onError: (err) => errors.push(err) });
+    const errors: Error[] = [];
+    try {
+      const socket = new EventEmitter();
+      const req = Object.assign(new EventEmitter(), {
+        method: 'GET',
+        url: '/double?x=1',
+        httpVersion: '1.1',
+        rawHeaders: ['Host', 'double.test'],
+        headers: { host: 'double.test' },
+        socket,
+        complete: true,
+      });
+      const res = Object.assign(new EventEmitter(), {
+        statusCode: 204,
+        headersSent: false,
+        writeHead(this: { headersSent: boolean }) {
+          this.headersSent = true;
+        },
+        socket,
+      });
+      let nexted = false;
+      const call = mw as unknown as (q: typeof req, s: typeof res, next: () => void) => void;
+      call(req, res, () => (nexted = true));
+      assert.ok(nexted);
+      res.writeHead();
+      res.emit('finish');
+      res.emit('close');
+      await receiver.waitForLines(1);
+      const [record] = receiver.records();
+      assert.equal(record?.['request'].uri, '/double?x=1');
+      assert.equal(record?.['request'].size, 'GET /double?x=1 HTTP/1.1\r\nHost: double.test\r\n\r\n'.length);
+      assert.deepEqual(record?.['response'], { status: 204, size: 0, headers: {} });
+      assert.deepEqual(errors, []);
+    } finally {
+      await mw.close();
+      await receiver.close();
     }
   });
 });
