@@ -23,6 +23,21 @@ import {
 
 type Json = Record<string, any>;
 
+/** Closes what a describe opened once its tests are done, in order: servers, logger, receiver. */
+function closeAfter(things: () => ReadonlyArray<{ close(): Promise<void> }>): void {
+  after(async () => {
+    for (const thing of things()) await thing.close();
+  });
+}
+
+/** The accounting invariant, checked after every test of a describe. */
+function invariantAfterEach(logger: () => tcplog.Middleware): void {
+  afterEach(() => {
+    const stats = logger().stats();
+    assert.ok(invariant(stats), JSON.stringify(stats));
+  });
+}
+
 describe('record fields over a real Express 5 app', () => {
   let receiver: LineServer;
   let http: Listening;
@@ -100,15 +115,9 @@ describe('record fields over a real Express 5 app', () => {
     http = await listen(app);
   });
 
-  afterEach(() => {
-    assert.ok(invariant(mw.stats()), JSON.stringify(mw.stats()));
-  });
+  invariantAfterEach(() => mw);
 
-  after(async () => {
-    await http.close();
-    await mw.close();
-    await receiver.close();
-  });
+  closeAfter(() => [http, mw, receiver]);
 
   const claimed = new Set<number>();
   /** Waits for the next unclaimed record whose request.uri is `uri`, so one failure cannot shift the rest. */
@@ -261,14 +270,7 @@ describe('record fields over a real Express 5 app', () => {
   });
 
   it('pipelining: requests written at once are still sized one by one', async () => {
-    const requests = ['/get?p=1', '/users/8', '/get?p=3'].map((path) => `GET ${path} HTTP/1.1\r\nHost: h\r\n\r\n`);
-    const socket = net.connect(http.port, '127.0.0.1');
-    await once(socket, 'connect');
-    const reader = new ResponseReader(socket);
-    socket.write(requests.join(''));
-    const replies: Buffer[] = [];
-    for (let i = 0; i < requests.length; i++) replies.push(await reader.next());
-    socket.end();
+    const { requests, replies } = await pipelined(http.port, ['/get?p=1', '/users/8', '/get?p=3']);
     for (let i = 0; i < requests.length; i++) {
       const record = await nextRecord(requests[i]?.split(' ')[1] ?? '');
       assert.equal(record['request'].uri, requests[i]?.split(' ')[1]);
@@ -369,6 +371,19 @@ describe('record fields over a real Express 5 app', () => {
   });
 });
 
+/** GETs of `paths`, written at once on one connection; the replies, in order. */
+async function pipelined(port: number, paths: readonly string[]): Promise<{ requests: string[]; replies: Buffer[] }> {
+  const requests = paths.map((path) => `GET ${path} HTTP/1.1\r\nHost: h\r\n\r\n`);
+  const socket = net.connect(port, '127.0.0.1');
+  await once(socket, 'connect');
+  const reader = new ResponseReader(socket);
+  socket.write(requests.join(''));
+  const replies: Buffer[] = [];
+  for (let i = 0; i < requests.length; i++) replies.push(await reader.next());
+  socket.end();
+  return { requests, replies };
+}
+
 /** Splits Content-Length responses off a keep-alive socket, one at a time, in order. */
 class ResponseReader {
   #buffered = Buffer.alloc(0);
@@ -435,11 +450,7 @@ describe('the head time when something else wraps res.writeHead', () => {
     http = await listen(app);
   });
 
-  after(async () => {
-    await http.close();
-    await mw.close();
-    await receiver.close();
-  });
+  closeAfter(() => [http, mw, receiver]);
 
   it('times the head once, and every wrapper still runs once, in order', async () => {
     const reply = await request(http.port, '/head-then-wait');
@@ -475,11 +486,7 @@ describe("when the app's own 'finish' listeners come before the logger (morgan, 
     http = await listen(app);
   });
 
-  after(async () => {
-    await http.close();
-    await mw.close();
-    await receiver.close();
-  });
+  closeAfter(() => [http, mw, receiver]);
 
   it('each response is still logged once, sized on its own, over keep-alive', async () => {
     const paths = ['/early/1', '/early/5', '/early/2'];
@@ -543,11 +550,7 @@ describe('the request as the client sent it, whatever the app changes before the
     });
   });
 
-  after(async () => {
-    await http.close();
-    await mw.close();
-    await receiver.close();
-  });
+  closeAfter(() => [http, mw, receiver]);
 
   it('method, uri, host and request id as received; the status the head carried', async () => {
     const text =
@@ -610,12 +613,7 @@ describe('requests no middleware takes', () => {
     });
   });
 
-  after(async () => {
-    await logged.close();
-    await other.close();
-    await mw.close();
-    await receiver.close();
-  });
+  closeAfter(() => [logged, other, mw, receiver]);
 
   it('are not logged, and keep nothing of the logger once they finish', async () => {
     assert.equal((await request(other.port, '/bare', { method: 'POST', body: 'a body' })).status, 200);
@@ -633,17 +631,13 @@ describe('requests no middleware takes', () => {
   });
 
   it('pipelined behind or between responses it does not log, a logged response is sized on its own', async () => {
-    const requests = ['/elsewhere?n=1', '/api/ok?n=2', '/elsewhere?n=3', '/api/ok?n=4'].map(
-      (path) => `GET ${path} HTTP/1.1\r\nHost: h\r\n\r\n`,
-    );
-    const socket = net.connect(logged.port, '127.0.0.1');
-    await once(socket, 'connect');
-    const reader = new ResponseReader(socket);
     // At once: each logged request arrives while the response before it, not logged, is still to go.
-    socket.write(requests.join(''));
-    const replies: Buffer[] = [];
-    for (let i = 0; i < requests.length; i++) replies.push(await reader.next());
-    socket.end();
+    const { replies } = await pipelined(logged.port, [
+      '/elsewhere?n=1',
+      '/api/ok?n=2',
+      '/elsewhere?n=3',
+      '/api/ok?n=4',
+    ]);
     const ours = (): Json[] => receiver.records().filter((r) => /^\/api\/ok\?n=[24]$/.test(r['request'].uri as string));
     await waitFor(receiver, 'line', () => ours().length === 2);
     const records = ours();
@@ -739,15 +733,9 @@ describe('what the client got, when some of the response never went out', () => 
     http = await listen(app);
   });
 
-  afterEach(() => {
-    assert.ok(invariant(mw.stats()), JSON.stringify(mw.stats()));
-  });
+  invariantAfterEach(() => mw);
 
-  after(async () => {
-    await http.close();
-    await mw.close();
-    await receiver.close();
-  });
+  closeAfter(() => [http, mw, receiver]);
 
   async function abandon(path: string, event: string): Promise<void> {
     const socket = net.connect(http.port, '127.0.0.1');
