@@ -3,9 +3,10 @@
  * byte marks), the time the head went out and the finish. The record is built and handed to the
  * sink after the response finishes, off the request path.
  *
- * The hot path allocates one object per request and attaches shared functions only: no closure
- * per request, no symbol keys on Node's objects (state lives in WeakMaps), so the shapes Node and
- * Express see stay the same with or without the middleware. It does the job of on-headers and
+ * The hot path allocates one object per request (and a copy of the raw headers, which the app
+ * may edit in place) and attaches shared functions only: no closure per request, no symbol keys
+ * on Node's objects (state lives in WeakMaps), so the shapes Node and Express see stay the same
+ * with or without the middleware. It does the job of on-headers and
  * on-finished with one `writeHead` hook, Node's own announcement of each finished response (the
  * `http.server.response.finish` diagnostics channel) and one 'close' listener per connection; a
  * response that does not come from a Node HTTP server gets 'finish' and 'close' listeners instead.
