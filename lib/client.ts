@@ -87,7 +87,7 @@ interface Connection {
   confirmed: boolean;
   connectTimer: NodeJS.Timeout | null;
   stallTimer: NodeJS.Timeout | null;
-  /** Says the outage is over once the connection has lasted PROVEN_MS. */
+  /** Once the connection has lasted PROVEN_MS: the backoff starts again, an outage is over. */
   provenTimer: NodeJS.Timeout | null;
   /** When it opened (performance.now()), or -1. */
   openedAt: number;
@@ -95,6 +95,8 @@ interface Connection {
   failed: boolean;
   /** It failed with an error within PROVEN_MS of opening. */
   failedEarly: boolean;
+  /** It reported an error: its close says nothing about the collector being back. */
+  errored: boolean;
 }
 
 export class TcpLogClient implements RecordSink {
@@ -256,6 +258,7 @@ export class TcpLogClient implements RecordSink {
       openedAt: -1,
       failed: false,
       failedEarly: false,
+      errored: false,
     };
     // unref: logging must never keep the process alive (close() refs it while it flushes; never a
     // probe, which no flush waits on).
@@ -330,19 +333,26 @@ export class TcpLogClient implements RecordSink {
     connection.openedAt = performance.now();
     this.#connects++;
     if (this.settings.keepalive > 0) connection.socket.setTimeout(this.settings.keepalive);
-    if (this.#failing) {
-      // Not yet: a connection that opens and fails at once would end and start an outage each time.
-      connection.provenTimer = this.#timer(
-        () => {
-          connection.provenTimer = null;
-          if (connection === this.#active && connection.state === 'open' && this.#failing) this.#recovered();
-        },
-        PROVEN_MS,
-        true,
-      );
-    }
+    // Not at once: a connection that opens and fails at once would end and start an outage each
+    // time, and reset the backoff.
+    connection.provenTimer = this.#timer(
+      () => {
+        connection.provenTimer = null;
+        if (connection === this.#active && connection.state === 'open') this.#proven(connection);
+      },
+      PROVEN_MS,
+      true,
+    );
     if (connection.index !== 0) this.#scheduleFailback();
     this.#flush();
+  }
+
+  /** A connection that worked: the backoff and the failover round start again; an outage is over. */
+  #proven(connection: Connection): void {
+    this.#attempt = 0;
+    this.#failedInRound = 0;
+    this.#earlyFailures = 0;
+    if (this.#failing && !connection.errored) this.#recovered();
   }
 
   /** The preferred server answered the probe: new records go there, the old connection ends. */
@@ -381,6 +391,7 @@ export class TcpLogClient implements RecordSink {
     // A probe failing only means the preferred server is still down: already reported.
     if (connection === this.#probe) return;
     const code = (err as NodeJS.ErrnoException).code ?? 'ERR_SOCKET';
+    connection.errored = true;
     if (code === 'ESTALLED') connection.failed = true;
     else if (connection.openedAt !== -1 && performance.now() - connection.openedAt < PROVEN_MS) {
       connection.failedEarly = true;
@@ -395,6 +406,8 @@ export class TcpLogClient implements RecordSink {
   #onIdle(connection: Connection): void {
     if (connection !== this.#active || connection.state !== 'open' || !this.#queue.idle) return;
     connection.state = 'ending';
+    // It delivered and closes cleanly: as good as proven, however short `keepalive` is.
+    if (connection.confirmed) this.#proven(connection);
     this.#clearConnectionTimers(connection);
     // Out of the way at once: a collector that keeps its side open (allowHalfOpen) would
     // otherwise hold the records that come next until it closed. It gets `timeout` to close.
@@ -435,9 +448,8 @@ export class TcpLogClient implements RecordSink {
     if (this.#failbackTimer) clearTimeout(this.#failbackTimer);
     this.#failbackTimer = null;
     if (worked) {
-      this.#attempt = 0;
-      this.#failedInRound = 0;
-      if (this.#failing && !early) this.#recovered();
+      // An early failure let through (see PROVEN_MS) goes again at once, but proves nothing.
+      if (!early) this.#proven(connection);
     } else if (++this.#failedInRound < this.settings.servers.length) {
       // Fail over: the next server in the list, at once.
       this.#earlyFailures = 0;
@@ -448,6 +460,7 @@ export class TcpLogClient implements RecordSink {
     } else {
       // Every server failed in this round: back off, then start again from the preferred one.
       this.#failedInRound = 0;
+      this.#earlyFailures = 0;
       this.#attempt++;
       this.#next = 0;
       const ceiling = Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(this.#attempt - 1, 16));

@@ -170,6 +170,33 @@ describe('servers option', () => {
     assert.ok(errors.length >= 1 && errors.length <= 3, `${errors.length} errors`);
   });
 
+  it('every server resetting as soon as records come: a round of them, then the backoff', async () => {
+    const accepted = [0, 0];
+    const resetting = [0, 1].map((n) =>
+      net.createServer((socket) => {
+        accepted[n]!++;
+        socket.once('data', () => socket.resetAndDestroy());
+      }),
+    );
+    for (const server of resetting) {
+      server.listen(0, '127.0.0.1');
+      await once(server, 'listening');
+      cleanup.push(() => new Promise<void>((resolve) => server.close(() => resolve())));
+    }
+    const mw = tcplog({
+      servers: resetting.map((server) => ({ host: '127.0.0.1', port: (server.address() as AddressInfo).port })),
+      onError: () => undefined,
+    });
+    middlewares.push(mw);
+    const http = await listenLogged(mw);
+    cleanup.push(() => http.close());
+    for (let i = 0; i < 100; i++) await request(http.port, `/n/${i}`);
+    // Before, the two took turns at once for ever: one connection per record, about 100.
+    const total = accepted[0]! + accepted[1]!;
+    assert.ok(accepted[0]! >= 3 && accepted[1]! >= 3, `both tried: ${JSON.stringify(accepted)}`);
+    assert.ok(total < 50, `${total} connections for 100 records: the client backs off`);
+  });
+
   it('rejects host/port together with servers', () => {
     assert.throws(
       () => tcplog({ host: 'a', port: 1, servers: ['tcp://b:2'] } as unknown as tcplog.TcpLogServersOptions),

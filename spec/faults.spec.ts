@@ -239,4 +239,62 @@ describe('error reporting without onError', () => {
     assert.match(warnings[0]!.message, /ECONNREFUSED|refused/i);
     assert.match(warnings[1]!.message, /recovered/);
   });
+
+  /** Warnings of delivery from now on (the default report), for the next spec's checks. */
+  function deliveryWarnings(): string[] {
+    const messages: string[] = [];
+    const onWarning = (warning: Error): void => {
+      if ((warning as Code).code === 'EXPRESS_TCPLOG_DELIVERY') messages.push(warning.message);
+    };
+    process.on('warning', onWarning);
+    cleanup.push(() => void process.off('warning', onWarning));
+    return messages;
+  }
+
+  it('a long-healthy connection reset by a collector that then goes down: one warning, not a recovery', async () => {
+    const warnings = deliveryWarnings();
+    const receiver = await transports[0]!.startReceiver();
+    const { port } = receiver;
+    const mw = tcplog({ host: '127.0.0.1', port });
+    const http = await appWith(mw);
+    await request(http.port, '/n/1');
+    await receiver.waitForLines(1);
+    // Past the second that proves a connection, then a reset and nobody listening.
+    await new Promise((resolve) => setTimeout(resolve, 1_100));
+    const closed = new Promise<void>((resolve) => receiver.server.close(() => resolve()));
+    assert.equal(receiver.sockets.size, 1, 'the connection is still open');
+    for (const socket of receiver.sockets) socket.resetAndDestroy();
+    await closed;
+    await until(() => mw.stats().errors >= 1, 5_000, 'the reset');
+    await request(http.port, '/n/2');
+    await until(() => mw.stats().errors >= 2, 5_000, 'a refused connect');
+    assert.deepEqual(
+      warnings.map((message) => (/recovered/.test(message) ? 'recovered' : 'failing')),
+      ['failing'],
+      warnings.join('\n'),
+    );
+  });
+
+  it('keepalive shorter than a second: an outage still ends, and the next one is warned of', async () => {
+    const warnings = deliveryWarnings();
+    const port = await freePort();
+    const mw = tcplog({ host: '127.0.0.1', port, keepalive: 300 });
+    const http = await appWith(mw);
+    await request(http.port, '/n/1');
+    await until(() => mw.stats().errors >= 1, 5_000, 'the first outage');
+    let receiver = await transports[0]!.startReceiver(port);
+    await receiver.waitForLines(1);
+    // The connection idles out after 300 ms: it delivered, so the outage is over.
+    await until(() => !mw.stats().connected, 5_000, 'the idle close');
+    await receiver.close();
+    await request(http.port, '/n/2');
+    await until(() => warnings.length >= 3, 5_000, 'the second outage warned of');
+    assert.deepEqual(
+      warnings.map((message) => (/recovered/.test(message) ? 'recovered' : 'failing')),
+      ['failing', 'recovered', 'failing'],
+    );
+    receiver = await transports[0]!.startReceiver(port);
+    cleanup.push(() => receiver.close());
+    await receiver.waitForLines(1);
+  });
 });
