@@ -98,6 +98,8 @@ interface LiveExchange {
   responseBytes: number;
   /** `req.baseUrl` when the innermost instance saw the request. */
   mountedAt: string;
+  /** Its record was built already (see logAbandoned). */
+  built: boolean;
 }
 
 type TrackedResponse = ServerResponse & { _header?: unknown };
@@ -169,11 +171,11 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
     else marks.waiting.push(exchange);
     // The client went away while a middleware in front of this one was still at work: the
     // connection's 'close' has been and gone, and nothing more will be sent.
-    if (socket.closed) buildAndSend(res);
+    if (socket.closed) setImmediate(logAbandoned, exchange);
     return;
   }
   if ((res as { closed?: unknown }).closed === true) {
-    buildAndSend(res);
+    setImmediate(logAbandoned, exchange);
     return;
   }
   // Prepended: Node's own 'finish' listener hands the socket to the next pipelined response,
@@ -216,6 +218,7 @@ function arrive(req: ExpressLikeRequest, res: TrackedResponse, socket: Socket, s
     endedAt: -1,
     responseBytes: 0,
     mountedAt: '',
+    built: false,
   };
   byResponse.set(res, exchange);
   if (!req.complete && mayHaveBody(req)) {
@@ -447,6 +450,17 @@ function noteEnd(socket: Socket): void {
   if (marks !== undefined) marks.lastEnd = socket.bytesWritten;
 }
 
+/**
+ * Logs an exchange whose client left before it reached this middleware. After the turn, so that
+ * instances further down the same chain (router level) have set the innermost configuration;
+ * kept afterwards, marked built, so that one reached later neither logs it again nor starts anew.
+ */
+function logAbandoned(exchange: LiveExchange): void {
+  buildAndSend(exchange.res);
+  exchange.built = true;
+  byResponse.set(exchange.res, exchange);
+}
+
 function onClose(this: TrackedResponse): void {
   buildAndSend(this);
 }
@@ -454,7 +468,7 @@ function onClose(this: TrackedResponse): void {
 /** Builds the record of a finished (or abandoned) response and hands it to the sink. */
 function buildAndSend(res: TrackedResponse): void {
   const exchange = byResponse.get(res);
-  if (!exchange) return;
+  if (!exchange || exchange.built) return;
   const { instance, req } = exchange;
   // No middleware took the request (another server's, or routed elsewhere): nothing to log, but
   // a logged response after it on the same connection starts where this one ended.

@@ -801,6 +801,53 @@ describe('what the client got, when some of the response never went out', () => 
     }
   });
 
+  it('a client gone before the logger, with an app-level and a router-level instance: one record, the inner one', async () => {
+    const outer = await startLineServer();
+    const inner = await startLineServer();
+    const outerMw = tcplog({ host: '127.0.0.1', port: outer.port, api: { name: 'outer' } });
+    const innerMw = tcplog({ host: '127.0.0.1', port: inner.port, api: { name: 'inner' } });
+    const app = express();
+    const gone = new EventEmitter();
+    app.use('/users/7', (req, _res, next) => {
+      req.socket.once('close', () => next());
+      gone.emit('arrived');
+    });
+    app.use(outerMw);
+    const users = express.Router();
+    users.use(innerMw);
+    users.get('/:id', (_req, res) => {
+      res.send('nobody is there');
+    });
+    app.use('/users', users);
+    const server = await listen(app);
+    try {
+      const socket = net.connect(server.port, '127.0.0.1');
+      await once(socket, 'connect');
+      const arrived = once(gone, 'arrived');
+      socket.write('GET /users/7 HTTP/1.1\r\nHost: h\r\n\r\n');
+      await arrived;
+      socket.destroy();
+      await inner.waitForLines(1);
+      // Once it is in, a second record would be too: records keep their order per destination.
+      await request(server.port, '/users/8');
+      await inner.waitForLines(2);
+      assert.deepEqual(
+        inner.records().map((r) => [r['request'].uri, r['api'].name, r['response'].status]),
+        [
+          ['/users/7', 'inner', undefined],
+          ['/users/8', 'inner', 200],
+        ],
+      );
+      assert.equal(outer.lines.length, 0, 'the outer instance logs nothing of them');
+    } finally {
+      await server.close();
+      await outerMw.close();
+      await innerMw.close();
+      await outer.close();
+      await inner.close();
+    }
+  });
+
   it('a client gone before the request reached the logger: still one record, nothing sent', async () => {
     const records = mw.stats().records;
     await abandon('/late', 'late');
