@@ -329,7 +329,7 @@ function parseServers(options: Record<string, unknown>): readonly ServerSettings
       "a non-empty array of connection strings ('tcp://host:port') or { host, port } objects",
     );
   }
-  return Object.freeze(
+  const servers = Object.freeze(
     (list as unknown[]).map(function parseServer(entry, i) {
       const name = `servers[${i}]`;
       if (typeof entry === 'string') {
@@ -341,7 +341,12 @@ function parseServers(options: Record<string, unknown>): readonly ServerSettings
           : options['tls'] === undefined || options['tls'] === false
             ? true
             : options['tls'];
-        return server(parsed.host, parsed.port, parseTls(name, tls, servername, parsed.host));
+        // SNI is for the entries that use TLS; a plain one beside them does not contradict it.
+        return server(
+          parsed.host,
+          parsed.port,
+          parseTls(name, tls, tls === false ? undefined : servername, parsed.host),
+        );
       }
       if (!isPlainObject(entry)) {
         throw new TcpLogOptionTypeError(name, entry, "a connection string ('tcp://host:port') or { host, port, tls? }");
@@ -357,6 +362,10 @@ function parseServers(options: Record<string, unknown>): readonly ServerSettings
       return server(host, port, parseTls(`${name}.tls`, tls, servername, host));
     }),
   );
+  if (servername !== undefined && servers.every((entry) => entry.tls === null)) {
+    throw new TcpLogOptionTypeError('tlsServername', servername, 'used with "tls" set; set tls: true as well');
+  }
+  return servers;
 }
 
 function server(host: string, port: number, tls: Readonly<ConnectionOptions> | null): ServerSettings {

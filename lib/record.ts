@@ -6,6 +6,7 @@
  * `constructor` and `prototype` are ordinary keys; JSON.stringify escapes every control
  * character, so nothing from a request can end a record early.
  */
+import { isIPv4 } from 'node:net';
 import type { RecordSettings } from './options.js';
 
 /** Everything the middleware captured about one request and its response. */
@@ -283,7 +284,11 @@ const IPV4_MAPPED = /^(?:(?:0{1,4}:){5}|(?:0{1,4}(?::0{1,4}){0,3})?::)ffff:(\d{1
  */
 export function normalizeIp(address: string): string {
   // Node writes the form it makes in lower case: no pattern for what nearly every socket gives.
-  if (address.startsWith('::ffff:')) return address.includes('.') ? address.slice(7) : address;
+  if (address.startsWith('::ffff:')) {
+    const rest = address.slice(7);
+    // Not `::ffff:0:1.2.3.4` (IPv4-translated), which is no IPv4 address with a prefix.
+    return isIPv4(rest) ? rest : address;
+  }
   if (!address.includes('.') || !address.includes(':')) return address;
   return IPV4_MAPPED.exec(address)?.[1] ?? address;
 }

@@ -808,6 +808,22 @@ describe('connection strings', () => {
     assert.equal(servers[0]?.tls, null);
   });
 
+  it('servers: tlsServername goes with the entries that use TLS; with none of them it is an error', () => {
+    const { servers } = parseOptions({
+      servers: ['tls://a.example:6514', { host: 'b.example', port: 6514 }, 'tcp://c.example:5140'],
+      tls: true,
+      tlsServername: 'logs.example',
+    }).destination;
+    assert.deepEqual(
+      servers.map((entry) => entry.tls?.servername ?? null),
+      ['logs.example', 'logs.example', null],
+    );
+    assert.throws(
+      () => parseOptions({ servers: ['tcp://c.example:5140'], tlsServername: 'logs.example' }),
+      /option "tlsServername" must be used with "tls" set/,
+    );
+  });
+
   it('tls:// with tls: false is a contradiction', () => {
     assert.throws(
       () => parseOptions('tls://logs.example:6514', { tls: false }),

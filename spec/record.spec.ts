@@ -565,6 +565,7 @@ describe('normalizeIp', () => {
     assert.equal(normalizeIp(':ffff:1.2.3.4'), ':ffff:1.2.3.4');
     assert.equal(normalizeIp('0:ffff:1.2.3.4'), '0:ffff:1.2.3.4');
     assert.equal(normalizeIp('::FFFF:abcd'), '::FFFF:abcd');
+    assert.equal(normalizeIp('::ffff:0:1.2.3.4'), '::ffff:0:1.2.3.4', 'IPv4-translated, not mapped');
   });
 });
 
