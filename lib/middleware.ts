@@ -116,6 +116,8 @@ const byResponse = new WeakMap<ServerResponse, LiveExchange>();
 /** Only requests that can carry a body: their `push` is wrapped to count the bytes. */
 const byRequest = new WeakMap<IncomingMessage, LiveExchange>();
 const marksBySocket = new WeakMap<Socket, SocketMarks>();
+/** Where the last response ended on a socket that has no marks yet (none of it logged so far). */
+const unloggedEnds = new WeakMap<Socket, number>();
 
 export function createHandler(instance: Instance): Handler {
   installSharedHooks();
@@ -148,7 +150,7 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
     // A response before this one, not logged, may have ended already (or will: see noteEnd).
     marks = {
       open: 0,
-      lastEnd: socket.bytesWritten,
+      lastEnd: unloggedEnds.get(socket) ?? socket.bytesWritten,
       waiting: null,
       announced: exchange.sent !== null || announcesFinish(res),
     };
@@ -444,10 +446,12 @@ function declaredLength(res: ServerResponse): number {
   return Number.isSafeInteger(length) && length >= 0 ? length : 0;
 }
 
-/** Where the last response on a socket whose responses are logged ended. */
+/** A response no instance logs has ended: where the next one on its socket starts. */
 function noteEnd(socket: Socket): void {
   const marks = marksBySocket.get(socket);
   if (marks !== undefined) marks.lastEnd = socket.bytesWritten;
+  // Kept apart: a response queued behind this one may write (a 103) before it reaches the logger.
+  else unloggedEnds.set(socket, socket.bytesWritten);
 }
 
 /**

@@ -598,6 +598,14 @@ describe('requests no middleware takes', () => {
     api.get('/ok', (_req, res) => {
       res.send('logged');
     });
+    // Early hints before the router's logger, which runs once they are out: bytes of the
+    // response that go out before it runs.
+    app.use('/api/hints', (_req, res, next) => {
+      res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' }, () => next());
+    });
+    api.get('/hints', (_req, res) => {
+      res.send('with hints');
+    });
     app.use('/api', api);
     app.get('/elsewhere', (_req, res) => {
       res.send('not logged');
@@ -628,6 +636,28 @@ describe('requests no middleware takes', () => {
     );
     assert.deepEqual(pushLeftOn, [false], "the body counter is taken off the other server's request");
     assert.equal(mw.stats().records, 1);
+  });
+
+  it('pipelined behind one it does not log, a response with early hints is sized with them', async () => {
+    const socket = net.connect(logged.port, '127.0.0.1');
+    await once(socket, 'connect');
+    const chunks: Buffer[] = [];
+    const received = new Promise<Buffer>((resolve) => {
+      socket.on('data', (chunk: Buffer) => {
+        chunks.push(chunk);
+        const got = Buffer.concat(chunks);
+        if (got.includes('with hints')) resolve(got);
+      });
+    });
+    socket.write('GET /elsewhere?n=9 HTTP/1.1\r\nHost: h\r\n\r\nGET /api/hints HTTP/1.1\r\nHost: h\r\n\r\n');
+    const reply = await received;
+    socket.end();
+    // The first response ends where the second (103, then 200) begins.
+    const second = reply.indexOf('HTTP/1.1 103');
+    assert.ok(second > 0 && reply.indexOf('not logged') < second, reply.toString('latin1'));
+    await waitFor(receiver, 'line', () => receiver.records().some((r) => r['request'].uri === '/api/hints'));
+    const record = receiver.records().find((r) => r['request'].uri === '/api/hints') as Json;
+    assert.equal(record['response'].size, reply.length - second);
   });
 
   it('pipelined behind or between responses it does not log, a logged response is sized on its own', async () => {
