@@ -79,12 +79,11 @@ function record(exchange: CapturedExchange, settings: RecordSettings, extras: Ex
     piece(PIECES.id);
     const id = exchange.requestId;
     const idStart = pos;
-    if (quoted(id, 0, id.length)) {
+    // Written as the header's value is, so its bytes can stand for it (see idText).
+    if (headerValue(id)) {
       idText = id;
       idFrom = idStart;
       idTo = pos;
-    } else {
-      text(JSON.stringify(headerText(id)));
     }
     byte(COMMA);
   }
@@ -306,10 +305,15 @@ function copyOut(from: number, to: number): void {
   pos += to - from;
 }
 
-/** A header value as Node decoded it (latin1): see headerText for bytes beyond ASCII. */
-function headerValue(value: string): void {
+/**
+ * A header value as Node decoded it (latin1): see headerText for bytes beyond ASCII. Returns
+ * whether it took the fast path.
+ */
+function headerValue(value: string): boolean {
+  if (quoted(value, 0, value.length)) return true;
   // A tab is legal in a header value, and JSON.stringify escapes it: the general path.
-  if (!quoted(value, 0, value.length)) text(JSON.stringify(headerText(value)));
+  text(JSON.stringify(headerText(value)));
+  return false;
 }
 
 function number(value: number): void {
