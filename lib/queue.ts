@@ -187,16 +187,14 @@ export class RecordQueue {
    */
   #admit(length: number, bytes: number): number {
     this.#records++;
-    if (bytes > this.maxBytes) {
+    // What is in flight already sits in the socket; it cannot be taken back to make room. A
+    // record that would not fit beside it even with nothing waiting is dropped alone: dropping
+    // the waiting ones first would not make it fit.
+    if (this.#inFlightBytes + bytes > this.maxBytes) {
       this.#dropped++;
       return -1;
     }
     this.#makeRoom(bytes);
-    if (this.#waitingBytes + this.#inFlightBytes + bytes > this.maxBytes) {
-      // What is in flight already sits in the socket; it cannot be taken back to make room.
-      this.#dropped++;
-      return -1;
-    }
     const at = this.#place(length);
     this.#starts.push(at);
     this.#lengths.push(length);

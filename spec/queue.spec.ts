@@ -165,6 +165,17 @@ describe('RecordQueue', () => {
     assert.deepEqual(takeAll(queue).lines, ['newest']);
   });
 
+  it('a record that cannot fit beside what is in flight is dropped alone, not after the waiting ones', () => {
+    const queue = new RecordQueue(100);
+    push(queue, 'flying', 60);
+    takeAll(queue);
+    assert.equal(push(queue, 'waiting', 30), 0);
+    // 60 in flight + 50 > 100 even with nothing waiting: dropping 'waiting' would not make room.
+    assert.equal(push(queue, 'too-big-now', 50), 1);
+    assert.deepEqual(queue.counts(), { records: 3, sent: 0, dropped: 1, buffered: 2, bufferedBytes: 90 });
+    assert.deepEqual(takeAll(queue).lines, ['waiting']);
+  });
+
   it('requeue() puts a batch back at the front, in order', () => {
     const queue = new RecordQueue(1000);
     for (const name of ['a', 'b', 'c']) push(queue, name);
@@ -403,6 +414,12 @@ describe('RecordQueue', () => {
         return total;
       }
 
+      waitingBytes(): number {
+        let total = 0;
+        for (const r of this.waiting) total += r.bytes;
+        return total;
+      }
+
       buffered(): number {
         let count = this.waiting.length;
         for (const batch of this.inFlight.values()) count += batch.length;
@@ -411,7 +428,8 @@ describe('RecordQueue', () => {
 
       push(record: ModelRecord): number {
         this.records++;
-        if (record.bytes > this.maxBytes) {
+        // Too big for the bound, or for what in flight leaves of it: nothing waiting is dropped for it.
+        if (record.bytes > this.maxBytes - (this.bytes() - this.waitingBytes())) {
           this.dropped++;
           return 1;
         }
@@ -591,10 +609,11 @@ describe('RecordQueue ring buffer: records counted at their real UTF-8 size', ()
           queue.push(line);
           const dropped = queue.counts().dropped - before;
           // Either the oldest made room and the new one was kept, or (in-flight bytes leaving no
-          // room) the new one was dropped too, after every waiting one.
+          // room, whatever waits) the new one alone was dropped.
           const inFlightBytes = [...flying.values()].flat().reduce((n, l) => n + Buffer.byteLength(l), 0);
           const kept = inFlightBytes + Buffer.byteLength(line) <= 4096;
-          waiting = kept ? [...waiting.slice(dropped), line] : waiting.slice(dropped - 1);
+          if (!kept) assert.equal(dropped, 1, `step ${step}: only the record that cannot fit`);
+          waiting = kept ? [...waiting.slice(dropped), line] : waiting;
         } else if (roll < 0.85) {
           const batch = queue.take(Math.floor(random() * 2000) + 1);
           if (batch) {
