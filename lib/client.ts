@@ -7,7 +7,7 @@
  */
 import net from 'node:net';
 import tls from 'node:tls';
-import { TcpLogDeliveryError } from './errors.js';
+import { TcpLogDeliveryError, tell, type ErrorHandler } from './errors.js';
 import type { DestinationSettings, ServerSettings } from './options.js';
 import { RecordQueue, type Batch } from './queue.js';
 
@@ -40,7 +40,7 @@ export interface TcpLogStats {
   connected: boolean;
 }
 
-type Reporter = (err: Error) => void;
+type Reporter = ErrorHandler;
 
 /** Bytes per write: big enough to coalesce thousands of records, small enough to keep latency. */
 const BATCH_BYTES = 64 * 1024;
@@ -121,7 +121,11 @@ export class TcpLogClient implements RecordSink {
   #flushImmediate: NodeJS.Immediate | null = null;
   #retryTimer: NodeJS.Timeout | null = null;
   #failbackTimer: NodeJS.Timeout | null = null;
-  readonly #reporters = new Set<Reporter>();
+  /**
+   * Each instance's onError, with how many instances gave it: one function shared by two
+   * instances is called once per problem, and stays until the last of them closes.
+   */
+  readonly #reporters = new Map<Reporter, number>();
   /** Instances relying on the default report (once per outage). */
   #defaultReporters = 0;
   #failing = false;
@@ -136,13 +140,16 @@ export class TcpLogClient implements RecordSink {
 
   /** Registers how one instance wants errors reported (`null`: the default warning). */
   addReporter(reporter: Reporter | null): void {
-    if (reporter) this.#reporters.add(reporter);
+    if (reporter) this.#reporters.set(reporter, (this.#reporters.get(reporter) ?? 0) + 1);
     else this.#defaultReporters++;
   }
 
   removeReporter(reporter: Reporter | null): void {
-    if (reporter) this.#reporters.delete(reporter);
-    else this.#defaultReporters--;
+    if (reporter) {
+      const count = (this.#reporters.get(reporter) ?? 0) - 1;
+      if (count > 0) this.#reporters.set(reporter, count);
+      else this.#reporters.delete(reporter);
+    } else this.#defaultReporters--;
   }
 
   /** A framed record as text (specs and tools; the middleware hands over bytes). */
@@ -207,18 +214,28 @@ export class TcpLogClient implements RecordSink {
     this.#closed = true;
     this.#clearTimers();
     for (const connection of this.#connections()) {
-      // A write the collector never took keeps Node's loop alive, unref'd socket or not: such a
-      // socket is destroyed rather than ended, or a stalled collector would hold the process.
-      const pending = connection.inFlight.length > 0 || connection.socket.writableLength > 0;
+      // A write the collector never took keeps Node's loop alive, unref'd socket or not, and so
+      // does a connect the collector never answers (a firewall that drops: the kernel tries for
+      // two minutes): such a socket is destroyed rather than ended, or it would hold the process.
+      const pending =
+        connection.state !== 'open' || connection.inFlight.length > 0 || connection.socket.writableLength > 0;
       // In-flight batches belong to sockets we stop watching: given up, not requeued.
       for (const batch of connection.inFlight) this.#queue.dropInFlight(batch);
       connection.inFlight.length = 0;
       this.#clearConnectionTimers(connection);
       const { socket } = connection;
+      // Nothing heard from it counts any more (a late reset is not an error of this client).
       socket.removeAllListeners('close');
+      socket.removeAllListeners('error');
       socket.on('error', ignoreError);
       if (connection === this.#probe || pending) socket.destroy();
-      else socket.end();
+      else {
+        socket.end();
+        // A collector that keeps its side open would keep the socket (a descriptor) for good.
+        const destroyLater = setTimeout(() => socket.destroy(), this.settings.timeout);
+        destroyLater.unref();
+        socket.once('close', () => clearTimeout(destroyLater));
+      }
       socket.unref();
     }
     this.#active = null;
@@ -243,8 +260,7 @@ export class TcpLogClient implements RecordSink {
 
   #open(index: number, probe = false): Connection {
     const server = this.settings.servers[index] as ServerSettings;
-    const { host, port } = server;
-    const socket = server.tls ? tls.connect({ ...server.tls, host, port }) : net.connect({ host, port });
+    const socket = connectTo(server);
     const connection: Connection = {
       socket,
       server,
@@ -523,13 +539,7 @@ export class TcpLogClient implements RecordSink {
 
   #report(err: TcpLogDeliveryError): void {
     this.#errors++;
-    for (const reporter of this.#reporters) {
-      try {
-        reporter(err);
-      } catch {
-        // A user's onError must not be able to crash the app either.
-      }
-    }
+    for (const reporter of this.#reporters.keys()) tell(reporter, err);
     if (!this.#failing) {
       this.#failing = true;
       this.#droppedAtOutage = this.#queue.counts().dropped;
@@ -612,6 +622,22 @@ export class TcpLogClient implements RecordSink {
 }
 
 /** Equal jitter: at least half the step, so a crowd of clients does not return in lockstep. */
+/**
+ * A socket to `server`. TLS options Node refuses only when connecting (the factory checks what
+ * it can) give a socket that fails at once: reported, retried and failed over like any other
+ * connection, rather than a throw from a timer or from a socket's 'close' listener.
+ */
+function connectTo(server: ServerSettings): net.Socket {
+  const { host, port } = server;
+  try {
+    return server.tls ? tls.connect({ ...server.tls, host, port }) : net.connect({ host, port });
+  } catch (err) {
+    const socket = new net.Socket();
+    process.nextTick(() => socket.destroy(err instanceof Error ? err : new Error(String(err))));
+    return socket;
+  }
+}
+
 function jitter(ms: number): number {
   return Math.round(ms / 2 + Math.random() * (ms / 2));
 }

@@ -5,30 +5,80 @@
 
 export const PACKAGE = 'express-tcplog';
 
-/** Shows a value the way a user would have typed it, so an error message can quote it. */
+/** Shows a value the way a user would have typed it, so an error message can quote it. Never throws. */
 export function show(value: unknown): string {
-  // NaN and Infinity would print as JSON `null`, which hides the real mistake.
-  if (typeof value === 'number') return String(value);
-  if (typeof value === 'bigint') return `${value}n`;
-  if (value === undefined) return 'undefined';
-  if (typeof value === 'function') return `[function ${value.name || 'anonymous'}]`;
-  if (typeof value === 'symbol') return value.toString();
-  let text: string;
   try {
-    text = JSON.stringify(value) ?? Object.prototype.toString.call(value);
+    // NaN and Infinity would print as JSON `null`, which hides the real mistake.
+    if (typeof value === 'number') return String(value);
+    if (typeof value === 'bigint') return `${value}n`;
+    if (value === undefined) return 'undefined';
+    if (typeof value === 'function') return `[function ${String(value.name) || 'anonymous'}]`;
+    if (typeof value === 'symbol') return value.toString();
+    let text: string;
+    try {
+      text = JSON.stringify(value) ?? Object.prototype.toString.call(value);
+    } catch {
+      // Circular structures and the like: the type is still worth showing.
+      text = Object.prototype.toString.call(value);
+    }
+    return text.length > 120 ? `${text.slice(0, 117)}...` : text;
   } catch {
-    // Circular structures and the like: the type is still worth showing.
-    text = Object.prototype.toString.call(value);
+    // A revoked Proxy, a getter that throws: the message must still be made.
+    return 'a value that cannot be shown';
   }
-  return text.length > 120 ? `${text.slice(0, 117)}...` : text;
+}
+
+/**
+ * The text of anything a user's function threw, for a message: its `message` when that is a
+ * string, else the value as text. Never throws: a hostile value (a `message` getter that throws,
+ * an object with no prototype, a revoked Proxy) would otherwise escape from the code reporting it.
+ */
+export function thrownText(thrown: unknown): string {
+  try {
+    if (typeof thrown === 'object' && thrown !== null) {
+      const message = (thrown as { message?: unknown }).message;
+      if (typeof message === 'string') return message;
+    }
+    return String(thrown);
+  } catch {
+    return 'a value that cannot be shown';
+  }
+}
+
+/** Whether `value` is a Promise or another thenable. Reading `then` may throw (a Proxy). */
+export function isThenable(value: unknown): value is PromiseLike<unknown> {
+  return (
+    value !== null &&
+    (typeof value === 'object' || typeof value === 'function') &&
+    typeof (value as { then?: unknown }).then === 'function'
+  );
+}
+
+function ignore(): void {}
+
+/** The user's `onError` (may be async). */
+export type ErrorHandler = (err: Error) => unknown;
+
+/**
+ * Gives an error to the user's `onError`. What it throws, or a Promise it returns that rejects,
+ * is ignored: left unhandled, a rejection would end the process.
+ */
+export function tell(onError: ErrorHandler, error: Error): void {
+  try {
+    const result: unknown = onError(error);
+    if (isThenable(result)) result.then(undefined, ignore);
+  } catch {
+    // A throwing onError must not reach the app either.
+  }
 }
 
 /** A bad option type: `TypeError` whose message names the option, the value and what is allowed. */
 export class TcpLogOptionTypeError extends TypeError {
   override name = 'TypeError';
   readonly option: string;
-  constructor(option: string, value: unknown, allowed: string) {
-    super(`${PACKAGE}: option "${option}" must be ${allowed}; got ${show(value)}`);
+  /** `shown`: what to say of the value, when it must not be quoted (it may hold a key). */
+  constructor(option: string, value: unknown, allowed: string, shown = show(value)) {
+    super(`${PACKAGE}: option "${option}" must be ${allowed}; got ${shown}`);
     this.option = option;
   }
 }

@@ -3,6 +3,7 @@
  * reference-counted so that the last instance to close releases the connection.
  */
 import { TcpLogClient } from './client.js';
+import type { ErrorHandler } from './errors.js';
 import type { DestinationSettings } from './options.js';
 
 interface Entry {
@@ -12,7 +13,7 @@ interface Entry {
 
 const clients = new Map<string, Entry>();
 
-export function acquireClient(settings: DestinationSettings, onError: ((err: Error) => void) | null): TcpLogClient {
+export function acquireClient(settings: DestinationSettings, onError: ErrorHandler | null): TcpLogClient {
   let entry = clients.get(settings.key);
   if (!entry) {
     entry = { client: new TcpLogClient(settings), refs: 0 };
@@ -24,7 +25,7 @@ export function acquireClient(settings: DestinationSettings, onError: ((err: Err
 }
 
 /** Releases one instance's hold; the last one shuts the client down. Returns records dropped. */
-export function releaseClient(client: TcpLogClient, onError: ((err: Error) => void) | null): number {
+export function releaseClient(client: TcpLogClient, onError: ErrorHandler | null): number {
   const entry = clients.get(client.settings.key);
   if (!entry || entry.client !== client) return 0;
   client.removeReporter(onError);

@@ -435,9 +435,12 @@ for (const transport of transports) {
       assert.equal(mw.stats().sent + mw.stats().dropped, 30);
     });
 
-    it('a connect that never completes is cut by timeout and retried', async () => {
-      // A listener whose process never accepts (its event loop is parked) and whose backlog is
-      // full: the kernel leaves further SYNs unanswered, so a connect neither succeeds nor fails.
+    /**
+     * A port whose connects neither succeed nor fail: a listener whose process never accepts (its
+     * event loop is parked) and whose backlog is full, so the kernel leaves further SYNs
+     * unanswered, as a firewall that drops them does.
+     */
+    async function unansweredPort(): Promise<number> {
       const child = spawn(process.execPath, ['-e', STALLED_LISTENER], { stdio: ['ignore', 'pipe', 'inherit'] });
       track({ close: () => Promise.resolve(void child.kill('SIGKILL')) });
       const [portText] = (await once(child.stdout, 'data')) as [Buffer];
@@ -455,6 +458,28 @@ for (const transport of transports) {
         if (outcome === 'hung') break;
         assert.ok(fillers.length < 50, 'the backlog never filled');
       }
+      return port;
+    }
+
+    /** Connects in progress in this process: each keeps Node's loop alive, unref'd socket or not. */
+    function pendingConnects(): number {
+      return process.getActiveResourcesInfo().filter((name) => name === 'ConnectWrap').length;
+    }
+
+    it('shut down while a connect is unanswered: the connect is given up, not left to hold the process', async () => {
+      const port = await unansweredPort();
+      const before = pendingConnects();
+      const client = new TcpLogClient(parseOptions({ ...transport.destination(port), timeout: 10_000 }).destination);
+      client.push('{"n":1}\r\n');
+      await until(() => pendingConnects() > before, 5_000, 'the connect under way');
+      assert.equal(client.shutdown(), 1);
+      // Ended rather than destroyed, it stayed for the kernel's two minutes of SYN retries.
+      await until(() => pendingConnects() === before, 2_000, 'the connect given up');
+      assert.equal(client.stats().errors, 0, 'nothing heard from it after the shutdown counts');
+    });
+
+    it('a connect that never completes is cut by timeout and retried', async () => {
+      const port = await unansweredPort();
       const errors: Error[] = [];
       const mw = logger({ ...transport.destination(port), timeout: 200, onError: (err) => errors.push(err) });
       const http = await appWith(mw);
@@ -466,3 +491,42 @@ for (const transport of transports) {
     });
   });
 }
+
+describe('after close()', () => {
+  it('a collector that keeps its side open: the socket is destroyed after timeout, not kept for good', async () => {
+    const lines: string[] = [];
+    let outcome: (what: string) => void = () => undefined;
+    const gone = new Promise<string>((resolve) => (outcome = resolve));
+    const server = net.createServer({ allowHalfOpen: true }, (socket) => {
+      socket.setEncoding('utf8');
+      socket.on('data', (text: string) => lines.push(...text.split('\r\n').filter(Boolean)));
+      socket.on('error', (err: Error & { code?: string }) => outcome(err.code ?? err.message));
+      socket.on('close', () => outcome('closed'));
+      // The client ended its side; this one stays open. Writing to a socket the client no
+      // longer has gets a reset: that says when it let go.
+      socket.on('end', () => {
+        const poke = setInterval(() => socket.write('x'), 50);
+        socket.once('close', () => clearInterval(poke));
+      });
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const sockets = new Set<net.Socket>();
+    server.on('connection', (socket) => sockets.add(socket));
+    track({
+      close: () =>
+        new Promise<void>((resolve) => {
+          for (const socket of sockets) socket.destroy();
+          server.close(() => resolve());
+        }),
+    });
+    const { port } = server.address() as net.AddressInfo;
+    const mw = logger({ host: '127.0.0.1', port, timeout: 300 });
+    const http = await appWith(mw);
+    await request(http.port, '/');
+    await until(() => lines.length === 1, 5_000, 'the record');
+    await mw.close();
+    const timedOut = new Promise<string>((resolve) => setTimeout(resolve, 5_000, 'still open after 5 s').unref());
+    assert.match(await Promise.race([gone, timedOut]), /^(ECONNRESET|EPIPE|closed)$/);
+  });
+});

@@ -197,6 +197,29 @@ describe('servers option', () => {
     assert.ok(total < 50, `${total} connections for 100 records: the client backs off`);
   });
 
+  it('TLS options Node refuses only when connecting: a failed connection, reported, and the next server gets the records', async () => {
+    const receiver = await startLineServer();
+    cleanup.push(() => receiver.close());
+    const errors: Error[] = [];
+    const mw = tcplog({
+      servers: [
+        // The factory's check (a secure context) takes it; tls.connect() throws on it, every time.
+        { host: '127.0.0.1', port: receiver.port, tls: { session: 'not a session' as unknown as Buffer } },
+        `tcp://127.0.0.1:${receiver.port}`,
+      ],
+      onError: (err) => errors.push(err),
+    });
+    middlewares.push(mw);
+    const http = await listenLogged(mw);
+    cleanup.push(() => http.close());
+    for (let i = 0; i < 5; i++) await request(http.port, `/n/${i}`);
+    await receiver.waitForLines(5);
+    assert.deepEqual(uris(receiver), [0, 1, 2, 3, 4]);
+    assert.ok(errors.length >= 1);
+    assert.equal((errors[0] as { code?: string }).code, 'ERR_INVALID_ARG_TYPE', errors[0]?.message);
+    await until(() => mw.stats().sent === 5);
+  });
+
   it('rejects host/port together with servers', () => {
     assert.throws(
       () => tcplog({ host: 'a', port: 1, servers: ['tcp://b:2'] } as unknown as tcplog.TcpLogServersOptions),

@@ -218,6 +218,23 @@ for (const transport of transports) {
   });
 }
 
+describe('onError shared by instances', () => {
+  it('one function given to two instances: it still hears after one of them closes, once per problem', async () => {
+    const port = await freePort();
+    const heard: string[] = [];
+    const onError = (err: Error): void => void heard.push((err as Code).code ?? err.message);
+    const first = tcplog({ host: '127.0.0.1', port, timeout: 500, onError });
+    const second = tcplog({ host: '127.0.0.1', port, timeout: 500, onError });
+    middlewares.push(second);
+    await first.close();
+    const http = await appWith(second);
+    await request(http.port, '/n/1');
+    await until(() => heard.length > 0, 5_000, 'the refusal heard');
+    assert.equal(heard[0], 'ECONNREFUSED');
+    assert.equal(heard.length, second.stats().errors, 'called once per problem, not once per instance');
+  });
+});
+
 describe('error reporting without onError', () => {
   it('one warning when delivery starts failing and one when it recovers, not one per record', async () => {
     const warnings: Error[] = [];
