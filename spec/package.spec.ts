@@ -396,9 +396,16 @@ describe('the packed package, installed', { timeout: 180_000, concurrency: true 
     return true;
   }
 
-  it('the tarball: the build, README and package.json, and none of the repo around them', () => {
+  it('the tarball: the build, README, LICENSE and package.json, and none of the repo around them', () => {
     const files = packed.files.map((file) => file.path);
-    for (const needed of ['dist/index.js', 'dist/index.mjs', 'dist/index.d.ts', 'dist/index.d.mts', 'README.md']) {
+    for (const needed of [
+      'dist/index.js',
+      'dist/index.mjs',
+      'dist/index.d.ts',
+      'dist/index.d.mts',
+      'README.md',
+      'LICENSE',
+    ]) {
       assert.ok(files.includes(needed), `${needed} is missing from ${files.join(', ')}`);
     }
     assert.ok(files.includes('package.json'));
