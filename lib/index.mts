@@ -10,8 +10,13 @@ export { tcplog };
 export type { TcpLogOptions, TcpLogMoreOptions, TcpLogServersOptions, ServerOption } from './options.js';
 export type { TcpLogStats } from './client.js';
 export type { TcpLogRecord } from './record.js';
-/** The class of the errors given to `onError`, for `instanceof` checks. */
+/** The class of the errors given to `onError`, for `instanceof` checks, and their type. */
 export const TcpLogDeliveryError = tcplog.TcpLogDeliveryError;
+export type TcpLogDeliveryError = tcplog.TcpLogDeliveryError;
+/** Thrown by the factory for an option of the wrong type. */
 export const TcpLogOptionTypeError = tcplog.TcpLogOptionTypeError;
+export type TcpLogOptionTypeError = tcplog.TcpLogOptionTypeError;
+/** Thrown by the factory for an option out of range. */
 export const TcpLogOptionRangeError = tcplog.TcpLogOptionRangeError;
+export type TcpLogOptionRangeError = tcplog.TcpLogOptionRangeError;
 export type TcpLogMiddleware = tcplog.Middleware;

@@ -7,7 +7,15 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type * as Client from './client.js';
-import { TcpLogDeliveryError, PACKAGE, TcpLogOptionRangeError, TcpLogOptionTypeError } from './errors.js';
+import {
+  TcpLogDeliveryError,
+  PACKAGE,
+  TcpLogOptionRangeError,
+  TcpLogOptionTypeError,
+  tell,
+  thrownText,
+  type ErrorHandler,
+} from './errors.js';
 import { createHandler, releaseHandler, type Handler, type Instance, type Next } from './middleware.js';
 import { parseOptions } from './options.js';
 import type * as Options from './options.js';
@@ -47,13 +55,15 @@ interface TcpLogFactory {
 }
 
 const MISUSE =
-  `${PACKAGE}: tcplog was passed to app.use() without being called. ` +
+  `${PACKAGE}: tcplog was used as a middleware without being called (app.use(tcplog), http.createServer(tcplog)). ` +
   `Write app.use(tcplog({ host: '127.0.0.1', port: 9999 })) or app.use(tcplog('tcp://127.0.0.1:9999')).`;
 
-/** `app.use(tcplog)` makes Express call the factory as a middleware: (req, res, next). */
-function looksLikeMiddlewareCall(first: unknown, second: unknown, third: unknown): boolean {
+/**
+ * `app.use(tcplog)` makes Express call the factory as a middleware: (req, res, next);
+ * `http.createServer(tcplog)` as a request listener: (req, res).
+ */
+function looksLikeRequest(first: unknown, second: unknown): boolean {
   return (
-    typeof third === 'function' &&
     typeof first === 'object' &&
     first !== null &&
     'headers' in first &&
@@ -64,25 +74,32 @@ function looksLikeMiddlewareCall(first: unknown, second: unknown, third: unknown
   );
 }
 
+/** What a hook's value threw, as an Error for onError. `instanceof` itself may throw (a Proxy). */
+function asError(thrown: unknown): Error {
+  try {
+    if (thrown instanceof Error) return thrown;
+  } catch {
+    // Not an Error, then.
+  }
+  return new Error(thrownText(thrown), { cause: thrown });
+}
+
 /** To the user's onError (which may not throw into us), else as a process warning when given one. */
-function notify(onError: ((err: Error) => void) | null, error: Error, warning: string | null, code: string): void {
-  if (onError) {
-    try {
-      onError(error);
-    } catch {
-      // A throwing onError must not reach the request path either.
-    }
-  } else if (warning !== null) {
+function notify(onError: ErrorHandler | null, error: Error, warning: string | null, code: string): void {
+  if (onError) tell(onError, error);
+  else if (warning !== null) {
     process.emitWarning(warning, { code });
   }
 }
 
 function createTcplog(target: unknown, more?: unknown, ...rest: unknown[]): TcpLogMiddleware {
-  if (looksLikeMiddlewareCall(target, more, rest[0])) {
+  if (typeof rest[0] === 'function' && looksLikeRequest(target, more)) {
     // Failing the request through next() shows the mistake on the first request instead of hanging it.
     (rest[0] as Next)(new TypeError(MISUSE));
     return undefined as unknown as TcpLogMiddleware;
   }
+  // No next() to fail the request through: the listener's throw is the only way to say it.
+  if (looksLikeRequest(target, more)) throw new TypeError(MISUSE);
   if (rest.length > 0) {
     throw new TypeError(
       `${PACKAGE}: tcplog() takes at most two arguments (a connection string and options); got ${2 + rest.length}`,
@@ -100,10 +117,10 @@ function createTcplog(target: unknown, more?: unknown, ...rest: unknown[]): TcpL
     sink: client,
     closed: false,
     reportInternal(err: unknown): void {
-      const error = err instanceof Error ? err : new Error(String(err));
+      const error = asError(err);
       const warning = reportedInternal
         ? null
-        : `${PACKAGE}: a record could not be built and was skipped: ${error.message}`;
+        : `${PACKAGE}: a record could not be built and was skipped: ${thrownText(err)}`;
       reportedInternal = true;
       notify(settings.onError, error, warning, 'EXPRESS_TCPLOG_INTERNAL');
     },
@@ -122,7 +139,11 @@ function createTcplog(target: unknown, more?: unknown, ...rest: unknown[]): TcpL
       instance.closed = true;
       releaseHandler();
       closing = (async function flushAndRelease() {
-        await client.flush(settings.destination.timeout);
+        try {
+          await client.flush(settings.destination.timeout);
+        } catch {
+          // Nothing more to wait for: the instance's hold on the client is released all the same.
+        }
         const dropped = releaseClient(client, settings.onError);
         if (dropped > 0) {
           const error = new TcpLogDeliveryError(
@@ -163,6 +184,9 @@ declare namespace tcplog {
   export type { TcpLogMiddleware };
   export type Factory = TcpLogFactory;
   export type DeliveryError = TcpLogDeliveryError;
+  export type TcpLogDeliveryError = import('./errors.js').TcpLogDeliveryError;
+  export type TcpLogOptionTypeError = import('./errors.js').TcpLogOptionTypeError;
+  export type TcpLogOptionRangeError = import('./errors.js').TcpLogOptionRangeError;
 }
 
 export = tcplog;

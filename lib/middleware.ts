@@ -16,9 +16,9 @@ import { ServerResponse, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import type { RecordSink } from './client.js';
-import { PACKAGE } from './errors.js';
+import { PACKAGE, isThenable, show, thrownText } from './errors.js';
 import type { Hooks, RecordSettings } from './options.js';
-import type { CapturedExchange, CapturedResponse, CustomValue, Extras } from './record.js';
+import { REQUEST_ID, type CapturedExchange, type CapturedResponse, type CustomValue, type Extras } from './record.js';
 import { writeRecord } from './serialize.js';
 
 /** What Express (4 or 5) adds to a request; Connect and bare `http` have none of it. */
@@ -488,6 +488,9 @@ function buildAndSend(res: TrackedResponse): void {
   }
   if (instance === null || instance.closed) return;
   try {
+    // What was sent is read before any hook runs: a hook that changes `req` or `res` (or
+    // `res._header`) cannot change the record.
+    const captured = describe(exchange, res);
     const { hooks } = instance;
     if (hooks.skip !== null) {
       const skip = hooks.skip;
@@ -496,8 +499,23 @@ function buildAndSend(res: TrackedResponse): void {
       if (skipped !== FAILED && Boolean(skipped)) return;
     }
     const extras = hooks.consumer !== null || hooks.customFields.length > 0 ? runHooks(instance, req, res) : undefined;
-    const { data, length } = writeRecord(describe(exchange, res), instance.record, extras);
-    instance.sink.pushBytes(data, length);
+    let written: { readonly data: Buffer; readonly length: number };
+    try {
+      written = writeRecord(captured, instance.record, extras);
+    } catch (err) {
+      if (extras === undefined) throw err;
+      // The hooks' values passed their check alone, but not in the record (nested too deep
+      // under their path, say): the record goes without them rather than not at all.
+      instance.reportHook(
+        'record',
+        new Error(
+          `${PACKAGE}: the record could not be written with the values of consumer and customFields, and was sent without them: ${thrownText(err)}`,
+          { cause: err },
+        ),
+      );
+      written = writeRecord(captured, instance.record, undefined);
+    }
+    instance.sink.pushBytes(written.data, written.length);
   } catch (err) {
     // An event listener: a throw here would crash the app.
     instance.reportInternal(err);
@@ -506,31 +524,72 @@ function buildAndSend(res: TrackedResponse): void {
 
 const FAILED = Symbol('hook failed');
 
-/** Calls a user function; a throw is reported once and never reaches the app. */
+function ignore(): void {}
+
+/**
+ * Calls a user function; a throw is reported once and never reaches the app. The record is built
+ * as the response finishes and cannot wait: a function that returns a Promise is reported, and
+ * its rejection, if any, is caught rather than left unhandled (which would end the process).
+ */
 function callHook(instance: Instance, hook: string, call: () => unknown): unknown {
   try {
-    return call();
-  } catch (err) {
+    const value = call();
+    if (!isThenable(value)) return value;
+    value.then(undefined, ignore);
     instance.reportHook(
       hook,
-      new Error(`${PACKAGE}: ${hook} threw: ${(err as Error)?.message ?? String(err)}`, { cause: err }),
+      new Error(`${PACKAGE}: ${hook} returned a Promise; it must return its value synchronously`),
     );
-    return FAILED;
+  } catch (err) {
+    instance.reportHook(hook, new Error(`${PACKAGE}: ${hook} threw: ${thrownText(err)}`, { cause: err }));
   }
+  return FAILED;
 }
 
-/** A value JSON can write, or FAILED (reported): a BigInt or a cycle would lose the whole record. */
+/**
+ * The value as plain data, or FAILED (reported): a BigInt or a cycle would lose the whole
+ * record, and a function or a Symbol would remove the field it was meant to set. The copy is what
+ * the record gets: a getter or a toJSON() is run once, here, and not again, with another result,
+ * when the record is written.
+ */
 function serializable(instance: Instance, hook: string, value: unknown): unknown {
+  let json: string | undefined;
   try {
-    JSON.stringify(value);
-    return value;
+    json = JSON.stringify(value);
   } catch (err) {
+    instance.reportHook(hook, new Error(`${PACKAGE}: ${hook} returned a value JSON cannot write: ${thrownText(err)}`));
+    return FAILED;
+  }
+  if (json === undefined) {
     instance.reportHook(
       hook,
-      new Error(`${PACKAGE}: ${hook} returned a value JSON cannot write: ${(err as Error).message}`),
+      new Error(
+        `${PACKAGE}: ${hook} returned a value JSON cannot write (a function, a Symbol, or a toJSON() that returned one); return undefined to leave the field out`,
+      ),
     );
     return FAILED;
   }
+  return JSON.parse(json) as unknown;
+}
+
+/** `consumer`'s value for the record: an object, `{ id }` for a string or a number, or none. */
+function consumerValue(instance: Instance, value: unknown): unknown {
+  // null as well as undefined: `req.user && {...}` gives null after Passport's logout().
+  if (value === undefined || value === null || value === FAILED) return undefined;
+  if (typeof value === 'string' || (typeof value === 'number' && Number.isFinite(value))) return { id: value };
+  let shown: unknown = value;
+  if (typeof value === 'object') {
+    const data = serializable(instance, 'consumer', value);
+    if (data === FAILED) return undefined;
+    if (data !== null && typeof data === 'object' && !Array.isArray(data)) return data;
+    // What it wrote as JSON (a Date's string, an array): quoting that runs no user code again.
+    shown = data;
+  }
+  instance.reportHook(
+    'consumer',
+    new Error(`${PACKAGE}: consumer must return an object, a string, a number or undefined; got ${show(shown)}`),
+  );
+  return undefined;
 }
 
 function runHooks(instance: Instance, req: ExpressLikeRequest, res: ServerResponse): Extras {
@@ -538,14 +597,10 @@ function runHooks(instance: Instance, req: ExpressLikeRequest, res: ServerRespon
   let consumer: unknown;
   if (hooks.consumer !== null) {
     const find = hooks.consumer;
-    const value = callHook(instance, 'consumer', () => find(req));
-    if (typeof value === 'string') consumer = { id: value };
-    else if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
-      consumer = serializable(instance, 'consumer', value);
-    } else if (value !== undefined && value !== FAILED) {
-      instance.reportHook('consumer', new Error(`${PACKAGE}: consumer must return an object, a string or undefined`));
-    }
-    if (consumer === FAILED) consumer = undefined;
+    consumer = consumerValue(
+      instance,
+      callHook(instance, 'consumer', () => find(req)),
+    );
   }
   const custom: CustomValue[] = [];
   for (const field of hooks.customFields) {
@@ -586,7 +641,7 @@ function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchang
     responseBytes: exchange.responseBytes,
     clientIp: (trusting ? expressValue(req, 'ip') : undefined) ?? exchange.remoteAddress,
     route: route && route.path !== undefined ? { path: routePath(route.path), baseUrl: baseUrl(req, exchange) } : null,
-    requestId: sent !== null ? joinedRawHeader(rawHeaders, 'x-request-id') : requestId(req),
+    requestId: sent !== null ? joinedRawHeader(rawHeaders, REQUEST_ID) : requestId(req),
   };
 }
 
@@ -638,13 +693,14 @@ function statusOf(head: string): number | null {
  * `req.route` stays the router's: the innermost instance's mount point is then the better answer.
  */
 function baseUrl(req: ExpressLikeRequest, exchange: LiveExchange): string {
-  const atFinish = req.baseUrl ?? '';
+  // An app may set anything there.
+  const atFinish = typeof req.baseUrl === 'string' ? req.baseUrl : '';
   return exchange.mountedAt.length > atFinish.length ? exchange.mountedAt : atFinish;
 }
 
 /** An incoming `x-request-id` (from a proxy or the client), logged as `request.id`. */
 function requestId(req: IncomingMessage): string | undefined {
-  const id = req.headers['x-request-id'];
+  const id = req.headers[REQUEST_ID];
   return typeof id === 'string' && id.length > 0 ? id : undefined;
 }
 

@@ -4,8 +4,15 @@
  */
 import { isIP } from 'node:net';
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type { ConnectionOptions } from 'node:tls';
-import { PACKAGE, TcpLogOptionRangeError, TcpLogOptionTypeError, show } from './errors.js';
+import { createSecureContext, type ConnectionOptions } from 'node:tls';
+import {
+  PACKAGE,
+  TcpLogOptionRangeError,
+  TcpLogOptionTypeError,
+  show,
+  thrownText,
+  type ErrorHandler,
+} from './errors.js';
 
 /** Options of `tcplog(options)`. Only `host` and `port` are required. */
 export interface TcpLogOptions {
@@ -56,32 +63,35 @@ export interface TcpLogOptions {
   /**
    * Adds fields to every record: `{ 'dotted.path': (req, res) => value }`. Dots nest
    * (`'nested.keys'`), `\\.` escapes a literal dot, and a function returning `undefined` removes the
-   * field (`route: () => undefined`). Called when the response finishes; one that throws, or
-   * returns what JSON cannot hold, leaves that field out and is reported once (Kong's
-   * `custom_fields_by_lua`).
+   * field (`route: () => undefined`). Called when the response finishes, and must return its
+   * value then (not a Promise); one that throws, or returns what JSON cannot hold (a BigInt, a
+   * cycle, a function), leaves that field out and is reported once (Kong's `custom_fields_by_lua`).
+   * The value is read once, when it is returned.
    */
   customFields?: Record<string, CustomFieldFunction>;
   /**
-   * The authenticated consumer, logged as `consumer`: an object, or a string logged as
-   * `{ id: string }`; `undefined` leaves the field out. Called when the response finishes, so it
-   * sees what authentication middleware set on `req` (e.g. `req.user`).
+   * The authenticated consumer, logged as `consumer`: an object, or a string or a number logged as
+   * `{ id }`; `undefined` or `null` leaves the field out. Called when the response finishes, so it
+   * sees what authentication middleware set on `req` (e.g. `req.user`); it must return its value
+   * then, not a Promise.
    */
-  consumer?(req: IncomingMessage): Record<string, unknown> | string | undefined;
+  consumer?(req: IncomingMessage): Record<string, unknown> | string | number | null | undefined;
   /**
    * `true` (or any truthy value, as morgan takes it) to leave a request out, e.g. health checks,
    * or every consumer but one. Called when the response finishes, so `res.statusCode` is known.
-   * One that throws counts as `false` (the request is logged) and is reported once.
+   * One that throws, or returns a Promise, counts as `false` (the request is logged) and is
+   * reported once.
    */
   skip?(req: IncomingMessage, res: ServerResponse): boolean;
   /**
    * Called with each connection problem (a `TcpLogDeliveryError`; `EDROPPED` when `close()` gave
    * up on records), and once per failing `skip`, `consumer` or `customFields` entry (a plain
-   * `Error`). Never called from the request path; an exception it throws is ignored. Instances
-   * sharing a destination each hear its connection problems.
+   * `Error`). Never called from the request path; an exception it throws, or a Promise it returns
+   * that rejects, is ignored. Instances sharing a destination each hear its connection problems.
    * @default warnings on stderr: once when delivery starts failing and once when it recovers, once
    * when `close()` drops records, once per failing hook
    */
-  onError?: (err: Error) => void;
+  onError?: (err: Error) => unknown;
 }
 
 /**
@@ -99,8 +109,8 @@ export interface ServerOption {
   tls?: boolean | ConnectionOptions;
 }
 
-/** Everything `tcplog()` accepts after a connection string. */
-export type TcpLogMoreOptions = Partial<TcpLogOptions>;
+/** Everything `tcplog()` accepts after a connection string: the string gives `host` and `port`. */
+export type TcpLogMoreOptions = Omit<TcpLogOptions, 'host' | 'port'>;
 
 /** Options with several log servers (failover) instead of `host` and `port`. */
 export interface TcpLogServersOptions extends Omit<TcpLogOptions, 'host' | 'port'> {
@@ -178,7 +188,7 @@ export interface Settings {
   readonly destination: DestinationSettings;
   readonly record: RecordSettings;
   readonly hooks: Hooks;
-  readonly onError: ((err: Error) => void) | null;
+  readonly onError: ErrorHandler | null;
 }
 
 const KNOWN_OPTIONS = [
@@ -204,6 +214,24 @@ const MAX_TIMER_MS = 2 ** 31 - 1;
 
 /** Turns `tcplog(...)`'s arguments into frozen settings, or throws a message naming the option. */
 export function parseOptions(target: unknown, more?: unknown): Settings {
+  try {
+    return readOptions(target, more);
+  } catch (err) {
+    if (isTypeOrRangeError(err)) throw err;
+    // A getter or a Proxy trap of the caller's threw while the options were read.
+    throw new TypeError(`${PACKAGE}: the options could not be read: ${thrownText(err)}`, { cause: err });
+  }
+}
+
+function isTypeOrRangeError(err: unknown): boolean {
+  try {
+    return err instanceof TypeError || err instanceof RangeError;
+  } catch {
+    return false;
+  }
+}
+
+function readOptions(target: unknown, more: unknown): Settings {
   const options = mergeTarget(target, more);
   checkKnownNames(options);
 
@@ -256,9 +284,14 @@ export function parseOptions(target: unknown, more?: unknown): Settings {
 }
 
 function isPlainObject(value: unknown): value is Record<string, unknown> {
-  if (value === null || typeof value !== 'object' || Array.isArray(value)) return false;
-  const proto: unknown = Object.getPrototypeOf(value);
-  return proto === Object.prototype || proto === null;
+  try {
+    if (value === null || typeof value !== 'object' || Array.isArray(value)) return false;
+    const proto: unknown = Object.getPrototypeOf(value);
+    return proto === Object.prototype || proto === null;
+  } catch {
+    // A Proxy whose trap throws (or a revoked one): not an object this package can read.
+    return false;
+  }
 }
 
 function mergeTarget(target: unknown, more: unknown): Record<string, unknown> {
@@ -271,13 +304,13 @@ function mergeTarget(target: unknown, more: unknown): Record<string, unknown> {
     const fromUrl = parseConnectionString(target);
     if (more !== undefined) {
       for (const name of ['host', 'port'] as const) {
-        if (name in more) {
+        if (more[name] !== undefined) {
           throw new TypeError(
             `${PACKAGE}: option "${name}" is already given by the connection string ${show(target)}; leave it out of the options object`,
           );
         }
       }
-      if (fromUrl.tls && 'tls' in more && (more['tls'] === false || more['tls'] === undefined)) {
+      if (fromUrl.tls && more['tls'] === false) {
         throw new TypeError(
           `${PACKAGE}: option "tls" is ${show(more['tls'])} but the connection string ${show(target)} asks for TLS`,
         );
@@ -330,10 +363,12 @@ function parseServers(options: Record<string, unknown>): readonly ServerSettings
     );
   }
   const servers = Object.freeze(
-    (list as unknown[]).map(function parseServer(entry, i) {
+    // Array.from, not map(): a hole in the list is an entry too (undefined), not skipped.
+    Array.from(list as unknown[], function parseServer(entry, i) {
       const name = `servers[${i}]`;
       if (typeof entry === 'string') {
         const parsed = parseConnectionString(entry, name);
+        parsePort(parsed.port, name);
         // The scheme says which: `tcp://` is plain TCP even when the instance's `tls` is set (for
         // its `tls://` and object entries); `tls://` takes the instance's settings, if any.
         const tls = !parsed.tls
@@ -359,7 +394,11 @@ function parseServers(options: Record<string, unknown>): readonly ServerSettings
       const host = parseHost(entry['host'], `${name}.host`);
       const port = parsePort(entry['port'], `${name}.port`);
       const tls = entry['tls'] === undefined ? options['tls'] : entry['tls'];
-      return server(host, port, parseTls(`${name}.tls`, tls, servername, host));
+      return server(
+        host,
+        port,
+        parseTls(`${name}.tls`, tls, tls === undefined || tls === false ? undefined : servername, host),
+      );
     }),
   );
   if (servername !== undefined && servers.every((entry) => entry.tls === null)) {
@@ -505,15 +544,53 @@ function parseTls(
   // Node refuses an IP address as SNI name; the certificate is then checked against `host`.
   const merged: ConnectionOptions = { ...base };
   if (sni !== undefined) merged.servername = sni;
+  if (merged.secureContext === undefined) {
+    try {
+      // What tls.connect() would make of them at every connect: a bad CA, key, cipher list or
+      // protocol version is found here rather than when the first record is sent.
+      createSecureContext(merged);
+    } catch (err) {
+      // Not quoted whole: the options may hold a private key.
+      throw new TcpLogOptionTypeError(
+        option,
+        value,
+        'true, or tls.connect() options that Node accepts',
+        `options it refuses (${thrownText(err)})`,
+      );
+    }
+  }
   return Object.freeze(merged);
 }
 
-/** A stable text for TLS options, so that equal settings share a connection. */
+/** Ids of the TLS option values compared by identity (see tlsKey()). */
+const identities = new WeakMap<object, number>();
+let lastIdentity = 0;
+
+function identity(value: object): string {
+  let id = identities.get(value);
+  if (id === undefined) {
+    id = ++lastIdentity;
+    identities.set(value, id);
+  }
+  return `ref:${id}`;
+}
+
+/**
+ * A stable text for TLS options, so that equal settings share a connection. Data (strings,
+ * numbers, Buffers, arrays and plain objects of them) is compared by value; anything else (a
+ * `secureContext`, a `checkServerIdentity` function) by identity: two contexts with different
+ * client certificates, or two pinning closures made by one factory, look alike as JSON.
+ */
 function tlsKey(tls: Readonly<ConnectionOptions> | null): string {
   if (!tls) return 'off';
-  return JSON.stringify(tls, function describe(_key, value: unknown) {
-    if (Buffer.isBuffer(value)) return `buffer:${value.toString('base64')}`;
-    if (typeof value === 'function') return `function:${value.name}:${String(value).length}`;
+  return JSON.stringify(tls, function describe(this: Record<string, unknown>, key: string, value: unknown) {
+    // `value` is what toJSON() made of it: a Buffer's is an array of numbers, longer than base64.
+    const original = this[key];
+    if (Buffer.isBuffer(original)) return `buffer:${original.toString('base64')}`;
+    if (typeof value === 'function') return identity(value);
+    if (typeof value === 'object' && value !== null && !Array.isArray(value) && !isPlainObject(value)) {
+      return identity(value);
+    }
     return value;
   });
 }
@@ -549,7 +626,7 @@ function parseApi(value: unknown): Readonly<Record<string, unknown>> | null {
   try {
     json = JSON.stringify(value);
   } catch (err) {
-    throw new TcpLogOptionTypeError('api', value, `an object JSON can serialize (${(err as Error).message})`);
+    throw new TcpLogOptionTypeError('api', value, `an object JSON can serialize (${thrownText(err)})`);
   }
   // A toJSON() can turn the object into anything: the record needs a JSON object here.
   if (typeof json !== 'string' || !json.startsWith('{')) {
@@ -616,6 +693,6 @@ function parseCustomFields(value: unknown): Hooks['customFields'] {
   });
 }
 
-function parseOnError(value: unknown): ((err: Error) => void) | null {
-  return parseFunction<(err: Error) => void>('onError', value, 'a function (err) => void');
+function parseOnError(value: unknown): ErrorHandler | null {
+  return parseFunction<ErrorHandler>('onError', value, 'a function (err) => void');
 }

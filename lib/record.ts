@@ -80,6 +80,8 @@ export interface TcpLogRecord {
 }
 
 const REDACTED = 'REDACTED';
+/** The header logged as `request.id` too. */
+export const REQUEST_ID = 'x-request-id';
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 const NON_ASCII = /[\u0080-\uffff]/;
 
@@ -108,7 +110,9 @@ export function buildRecord(
 ): Record<string, unknown> {
   const request: Record<string, unknown> = {};
   // The same header's value in `headers`, so decoded the same way.
-  if (exchange.requestId !== undefined) request['id'] = headerText(exchange.requestId);
+  if (exchange.requestId !== undefined) {
+    request['id'] = settings.redact?.has(REQUEST_ID) === true ? REDACTED : headerText(exchange.requestId);
+  }
   request['method'] = exchange.method;
   request['uri'] = exchange.url;
   request['request_uri'] = isAbsoluteUrl(exchange.url)

@@ -18,6 +18,7 @@ import {
   isAbsoluteUrl,
   normalizeIp,
   parseQuery,
+  REQUEST_ID,
   requestHeadBytes,
   responseHeaders,
   type CapturedExchange,
@@ -79,8 +80,10 @@ function record(exchange: CapturedExchange, settings: RecordSettings, extras: Ex
     piece(PIECES.id);
     const id = exchange.requestId;
     const idStart = pos;
+    // The id is the header's value: redacting the header redacts it here too.
+    if (settings.redact?.has(REQUEST_ID) === true) piece(PIECES.redacted);
     // Written as the header's value is, so its bytes can stand for it (see idText).
-    if (headerValue(id)) {
+    else if (headerValue(id)) {
       idText = id;
       idFrom = idStart;
       idTo = pos;

@@ -12,7 +12,14 @@ import tcplog = require('../lib/index.js');
 import { parseOptions, DEFAULT_REDACT } from '../lib/options.js';
 import type { Settings } from '../lib/options.js';
 import { show } from '../lib/errors.js';
+import { readFileSync } from 'node:fs';
+import http from 'node:http';
+import { Socket } from 'node:net';
+import path from 'node:path';
+import { createSecureContext } from 'node:tls';
 import { listen, request } from './helpers.js';
+
+const FIXTURES = path.resolve(__dirname, '../../spec/fixtures');
 
 /** The factory without its overloads, so that bad values can be passed without casts everywhere. */
 const factory = tcplog as unknown as (...args: unknown[]) => tcplog.Middleware;
@@ -557,6 +564,57 @@ describe('valid options', () => {
     assert.deepEqual({ ...parseOptions({ ...VALID, tls: Object.create(null) }).destination.tls }, {});
   });
 
+  it('TLS options Node refuses are an error of the factory, which does not quote them (a key)', () => {
+    const key = readFileSync(path.join(FIXTURES, 'client-key.pem'), 'utf8');
+    const strangerCert = readFileSync(path.join(FIXTURES, 'stranger-cert.pem'), 'utf8');
+    const refused: Array<[string, Record<string, unknown>]> = [
+      ['an unknown protocol version', { minVersion: 'TLSv9' }],
+      ['a CA of the wrong type', { ca: 42 }],
+      ['no cipher Node knows', { ciphers: 'NOT-A-CIPHER' }],
+      ['a key that does not match the certificate', { key, cert: strangerCert }],
+    ];
+    for (const [what, tls] of refused) {
+      for (const [options, name] of [
+        [{ ...VALID, tls }, 'tls'],
+        [{ servers: ['tcp://127.0.0.1:5140', { host: '127.0.0.1', port: 6514, tls }] }, 'servers[1].tls'],
+      ] as const) {
+        assert.throws(
+          () => make(options),
+          (err: unknown) => {
+            assert.ok(err instanceof TypeError, `${what}: ${String(err)}`);
+            assert.equal((err as { option?: unknown }).option, name);
+            assert.match(
+              err.message,
+              new RegExp(
+                `^express-tcplog: option "${name.replace(/[[\].]/g, '\\$&')}" must be true, or tls.connect\\(\\) options that Node accepts; got options it refuses \\(.+\\)$`,
+              ),
+            );
+            assert.equal(err.message.includes('PRIVATE KEY'), false, err.message);
+            return true;
+          },
+          what,
+        );
+      }
+    }
+  });
+
+  it('TLS options that are not data (a context, a function) share a connection only when they are the same object', () => {
+    const key = (tls: Record<string, unknown>): string => parseOptions({ ...VALID, tls }).destination.key;
+    const context = createSecureContext({});
+    assert.notEqual(key({ secureContext: context }), key({ secureContext: createSecureContext({}) }));
+    assert.equal(key({ secureContext: context }), key({ secureContext: context }));
+    const pinned = (fingerprint: string) =>
+      function checkServerIdentity(_host: string, cert: { fingerprint256?: string }): Error | undefined {
+        return cert.fingerprint256 === fingerprint ? undefined : new Error('not pinned');
+      };
+    const pinA = pinned('AA');
+    assert.notEqual(key({ checkServerIdentity: pinA }), key({ checkServerIdentity: pinned('BB') }));
+    assert.equal(key({ checkServerIdentity: pinA }), key({ checkServerIdentity: pinA }));
+    // Data is compared by value.
+    assert.equal(key({ ca: Buffer.from('x') }), key({ ca: Buffer.from('x') }));
+    assert.notEqual(key({ ca: Buffer.from('x') }), key({ ca: Buffer.from('y') }));
+  });
+
   it('keeps onError', () => {
     const onError = (): void => undefined;
     assert.equal(parseOptions({ ...VALID, onError }).onError, onError);
@@ -648,6 +706,36 @@ describe('unknown option names', () => {
       }
     });
   }
+
+  it('a getter or a Proxy trap that throws is a TypeError of the factory', () => {
+    const getter = {
+      port: 9999,
+      get host(): string {
+        throw new Error('vault sealed');
+      },
+    };
+    const trap = new Proxy(
+      { ...VALID },
+      {
+        get() {
+          throw new Error('trap');
+        },
+      },
+    );
+    for (const [options, reason] of [
+      [getter, 'vault sealed'],
+      [trap, 'trap'],
+    ] as const) {
+      assert.throws(
+        () => make(options),
+        (err: unknown) => {
+          assert.ok(err instanceof TypeError, String(err));
+          assert.equal(err.message, `express-tcplog: the options could not be read: ${reason}`);
+          return true;
+        },
+      );
+    }
+  });
 
   it('an unknown name is an error even with an undefined value', () => {
     assert.throws(
@@ -824,6 +912,41 @@ describe('connection strings', () => {
     );
   });
 
+  it('servers: tlsServername skips a plain object entry as it skips a tcp:// one', () => {
+    for (const plain of [
+      { host: 'b.example', port: 5140 },
+      { host: 'b.example', port: 5140, tls: false },
+    ]) {
+      const { servers } = parseOptions({
+        servers: ['tls://a.example:6514', plain],
+        tlsServername: 'logs.example',
+      }).destination;
+      assert.deepEqual(
+        servers.map((entry) => entry.tls?.servername ?? null),
+        ['logs.example', null],
+      );
+    }
+  });
+
+  it('servers: a string entry gets the port check; a hole in the list is a bad entry', () => {
+    assertOptionError(
+      () => parseOptions({ servers: ['tcp://127.0.0.1:5140', 'tcp://127.0.0.1:0'] }),
+      'servers[1]',
+      0,
+      RangeError,
+      'an integer from 1 to 65535',
+    );
+    const holey: unknown[] = [];
+    holey[1] = 'tcp://127.0.0.1:5140';
+    assertOptionError(
+      () => parseOptions({ servers: holey }),
+      'servers[0]',
+      undefined,
+      TypeError,
+      'a connection string',
+    );
+  });
+
   it('tls:// with tls: false is a contradiction', () => {
     assert.throws(
       () => parseOptions('tls://logs.example:6514', { tls: false }),
@@ -887,10 +1010,15 @@ describe('connection strings', () => {
       };
       assert.throws(() => parseOptions('tcp://127.0.0.1:9999', more), check);
       assert.throws(() => make('tcp://127.0.0.1:9999', more), check);
-      // Even the same value, or undefined: the options object must leave it out.
-      assert.throws(() => parseOptions('tcp://127.0.0.1:9999', { [name]: undefined }), check);
     });
   }
+
+  it('undefined beside a connection string is left out, as everywhere else ({ ...config })', () => {
+    const plain = parseOptions('tcp://127.0.0.1:9999', { host: undefined, port: undefined, tls: undefined });
+    assert.equal(plain.destination.label, 'tcp://127.0.0.1:9999');
+    const secure = parseOptions('tls://127.0.0.1:6514', { tls: undefined });
+    assert.equal(secure.destination.label, 'tls://127.0.0.1:6514');
+  });
 
   it('an unknown option beside a connection string suggests the closest', () => {
     assert.throws(() => parseOptions('tcp://127.0.0.1:9999', { keepAlive: 0 }), /did you mean "keepalive"\?/);
@@ -935,11 +1063,27 @@ describe('app.use(tcplog) without the call', () => {
       assert.ok(body.includes('app.use(tcplog({'), body);
       assert.equal(errors.length, 1);
       assert.ok(errors[0] instanceof TypeError);
-      assert.ok(errors[0].message.startsWith('express-tcplog: tcplog was passed to app.use() without being called'));
+      assert.ok(errors[0].message.startsWith('express-tcplog: tcplog was used as a middleware without being called'));
     } finally {
       await server.close();
     }
   }
+
+  it('http.createServer(tcplog): no next() to call, so the listener throws the explanation', () => {
+    const req = new http.IncomingMessage(new Socket());
+    const res = new http.ServerResponse(req);
+    assert.throws(
+      () => factory(req, res),
+      (err: unknown) => {
+        assert.ok(err instanceof TypeError);
+        assert.match(
+          err.message,
+          /used as a middleware without being called \(app\.use\(tcplog\), http\.createServer\(tcplog\)\)/,
+        );
+        return true;
+      },
+    );
+  });
 
   it('Express 5: the request fails with a 500 that explains the mistake', async () => {
     await misuse(() => express());

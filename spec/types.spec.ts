@@ -90,6 +90,10 @@ describe('public types', () => {
     expectTypeOf(tcplog.TcpLogDeliveryError).instance.toHaveProperty('code').toEqualTypeOf<string>();
     expectTypeOf(tcplog.TcpLogDeliveryError).instance.toHaveProperty('destination').toEqualTypeOf<string>();
     expectTypeOf<tcplog.DeliveryError>().toEqualTypeOf<InstanceType<typeof tcplog.TcpLogDeliveryError>>();
+    // The error classes are types as well, for a handler's parameter.
+    expectTypeOf<tcplog.TcpLogDeliveryError>().toEqualTypeOf<InstanceType<typeof tcplog.TcpLogDeliveryError>>();
+    expectTypeOf<tcplog.TcpLogOptionTypeError>().toEqualTypeOf<InstanceType<typeof tcplog.TcpLogOptionTypeError>>();
+    expectTypeOf<tcplog.TcpLogOptionRangeError>().toEqualTypeOf<InstanceType<typeof tcplog.TcpLogOptionRangeError>>();
     expectTypeOf(tcplog.TcpLogOptionTypeError).instance.toExtend<TypeError>();
     expectTypeOf(tcplog.TcpLogOptionTypeError).instance.toHaveProperty('option').toEqualTypeOf<string>();
     expectTypeOf(tcplog.TcpLogOptionRangeError).instance.toExtend<RangeError>();
@@ -164,8 +168,11 @@ describe('public types', () => {
     expectTypeOf<TcpLogOptions['maxBufferBytes']>().toEqualTypeOf<number | undefined>();
     expectTypeOf<TcpLogOptions['redact']>().toEqualTypeOf<readonly string[] | false | undefined>();
     expectTypeOf<TcpLogOptions['api']>().toEqualTypeOf<Record<string, unknown> | undefined>();
-    expectTypeOf<TcpLogOptions['onError']>().toEqualTypeOf<((err: Error) => void) | undefined>();
-    expectTypeOf<TcpLogMoreOptions>().toEqualTypeOf<Partial<TcpLogOptions>>();
+    expectTypeOf<TcpLogOptions['onError']>().toEqualTypeOf<((err: Error) => unknown) | undefined>();
+    // The connection string gives host and port: they cannot be given again.
+    expectTypeOf<TcpLogMoreOptions>().toEqualTypeOf<Omit<TcpLogOptions, 'host' | 'port'>>();
+    expectTypeOf<TcpLogMoreOptions>().not.toHaveProperty('host');
+    expectTypeOf<TcpLogMoreOptions>().not.toHaveProperty('port');
     expectTypeOf<RequiredKeys<TcpLogMoreOptions>>().toBeNever();
     // A readonly list is accepted: `as const` arrays and frozen defaults.
     expectTypeOf<{ host: string; port: number; redact: readonly ['cookie'] }>().toExtend<TcpLogOptions>();
@@ -214,6 +221,9 @@ describe('public types', () => {
     expectTypeOf<esm.TcpLogStats>().toEqualTypeOf<TcpLogStats>();
     expectTypeOf<esm.TcpLogRecord>().toEqualTypeOf<TcpLogRecord>();
     expectTypeOf<typeof esm.TcpLogDeliveryError>().toEqualTypeOf<typeof tcplog.TcpLogDeliveryError>();
+    expectTypeOf<esm.TcpLogDeliveryError>().toEqualTypeOf<tcplog.TcpLogDeliveryError>();
+    expectTypeOf<esm.TcpLogOptionTypeError>().toEqualTypeOf<tcplog.TcpLogOptionTypeError>();
+    expectTypeOf<esm.TcpLogOptionRangeError>().toEqualTypeOf<tcplog.TcpLogOptionRangeError>();
     expectTypeOf<typeof esm.TcpLogOptionTypeError>().toEqualTypeOf<typeof tcplog.TcpLogOptionTypeError>();
     expectTypeOf<typeof esm.TcpLogOptionRangeError>().toEqualTypeOf<typeof tcplog.TcpLogOptionRangeError>();
   });
