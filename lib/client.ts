@@ -9,36 +9,11 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { TcpLogDeliveryError, tell, type ErrorHandler } from './errors.js';
 import type { DestinationSettings, ServerSettings } from './options.js';
+import type { RecordSink } from './middleware.js';
 import { RecordQueue, type Batch } from './queue.js';
+import type { TcpLogStats } from './stats.js';
 
-/** Where the middleware hands finished records; the client is one, a test double another. */
-export interface RecordSink {
-  /**
-   * Accepts one framed record, as UTF-8: the first `length` bytes of `data`, copied before it
-   * returns. Never throws, never waits.
-   */
-  pushBytes(data: Buffer, length: number): void;
-}
-
-/** Counters of one destination. `records === sent + dropped + buffered` at every moment. */
-export interface TcpLogStats {
-  /** Records handed to the client. */
-  records: number;
-  /** Records the socket accepted (write confirmed). */
-  sent: number;
-  /** Records given up: beyond `maxBufferBytes`, or still waiting when `close()` timed out. */
-  dropped: number;
-  /** Records waiting or in flight. */
-  buffered: number;
-  /** Bytes waiting or in flight. */
-  bufferedBytes: number;
-  /** Connections established so far. */
-  connects: number;
-  /** Connection problems so far (refused, reset, timed out, TLS refused...). */
-  errors: number;
-  /** Whether a connection is open now. */
-  connected: boolean;
-}
+export type { TcpLogStats } from './stats.js';
 
 type Reporter = ErrorHandler;
 

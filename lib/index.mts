@@ -8,7 +8,7 @@ import tcplog from './index.js';
 export default tcplog;
 export { tcplog };
 export type { TcpLogOptions, TcpLogMoreOptions, TcpLogServersOptions, ServerOption } from './options.js';
-export type { TcpLogStats } from './client.js';
+export type { TcpLogStats } from './stats.js';
 export type { TcpLogRecord } from './record.js';
 /** The class of the errors given to `onError`, for `instanceof` checks, and their type. */
 export const TcpLogDeliveryError = tcplog.TcpLogDeliveryError;

@@ -6,7 +6,6 @@
  * entry over the same build, so CJS and ESM users share one client per destination.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
-import type * as Client from './client.js';
 import {
   TcpLogDeliveryError,
   PACKAGE,
@@ -20,6 +19,7 @@ import { createHandler, releaseHandler, type Handler, type Instance, type Next }
 import { parseOptions } from './options.js';
 import type * as Options from './options.js';
 import type * as Record from './record.js';
+import type * as Stats from './stats.js';
 import { acquireClient, releaseClient } from './registry.js';
 
 /** The middleware: `(req, res, next)` plus `close()` and `stats()`. */
@@ -31,7 +31,7 @@ interface TcpLogMiddleware {
    */
   close(): Promise<void>;
   /** Counters of this instance's destination (shared by every instance pointing there). */
-  stats(): Client.TcpLogStats;
+  stats(): Stats.TcpLogStats;
 }
 
 interface TcpLogFactory {
@@ -157,7 +157,7 @@ function createTcplog(target: unknown, more?: unknown, ...rest: unknown[]): TcpL
     }
     return closing;
   };
-  middleware.stats = function stats(): Client.TcpLogStats {
+  middleware.stats = function stats(): Stats.TcpLogStats {
     return client.stats();
   };
   return middleware;
@@ -178,7 +178,7 @@ declare namespace tcplog {
   export type TcpLogMoreOptions = Options.TcpLogMoreOptions;
   export type TcpLogServersOptions = Options.TcpLogServersOptions;
   export type ServerOption = Options.ServerOption;
-  export type TcpLogStats = Client.TcpLogStats;
+  export type TcpLogStats = Stats.TcpLogStats;
   export type TcpLogRecord = Record.TcpLogRecord;
   export type Middleware = TcpLogMiddleware;
   export type { TcpLogMiddleware };

@@ -15,7 +15,6 @@ import diagnostics from 'node:diagnostics_channel';
 import { ServerResponse, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
-import type { RecordSink } from './client.js';
 import { PACKAGE, isThenable, show, thrownText } from './errors.js';
 import type { Hooks, RecordSettings } from './options.js';
 import { REQUEST_ID, type CapturedExchange, type CapturedResponse, type CustomValue, type Extras } from './record.js';
@@ -29,6 +28,15 @@ interface ExpressLikeRequest extends IncomingMessage {
   baseUrl?: string;
   route?: { path?: unknown };
   app?: { get?: (setting: string) => unknown };
+}
+
+/** Where the middleware hands finished records; the client is one, a test double another. */
+export interface RecordSink {
+  /**
+   * Accepts one framed record, as UTF-8: the first `length` bytes of `data`, copied before it
+   * returns. Never throws, never waits.
+   */
+  pushBytes(data: Buffer, length: number): void;
 }
 
 /** One middleware instance as the capture code sees it. */

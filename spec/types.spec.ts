@@ -7,12 +7,15 @@
  * closed set, except the stats (exactly eight counters) and the required options (host, port).
  */
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { ConnectionOptions } from 'node:tls';
 import { describe, it } from 'node:test';
 import type connect from 'connect';
 import type express from 'express';
 import { expectTypeOf } from 'expect-type';
+import ts from 'typescript';
 import tcplog = require('../lib/index.js');
 import type * as esm from '../lib/index.mjs' with { 'resolution-mode': 'import' };
 
@@ -226,5 +229,29 @@ describe('public types', () => {
     expectTypeOf<esm.TcpLogOptionRangeError>().toEqualTypeOf<tcplog.TcpLogOptionRangeError>();
     expectTypeOf<typeof esm.TcpLogOptionTypeError>().toEqualTypeOf<typeof tcplog.TcpLogOptionTypeError>();
     expectTypeOf<typeof esm.TcpLogOptionRangeError>().toEqualTypeOf<typeof tcplog.TcpLogOptionRangeError>();
+  });
+});
+
+describe('the shipped declarations', () => {
+  it('compile without skipLibCheck for an ES5 target: they reach no class with private fields', () => {
+    // dist/ is what the package ships (npm test builds it first).
+    const dist = path.resolve(__dirname, '../../dist');
+    const entries = ['index.d.ts', 'index.d.mts'].map((name) => path.join(dist, name));
+    for (const entry of entries) assert.ok(existsSync(entry), `${entry} is missing: run npm run build`);
+    const program = ts.createProgram(entries, {
+      target: ts.ScriptTarget.ES5,
+      lib: ['lib.es2022.d.ts'],
+      module: ts.ModuleKind.NodeNext,
+      moduleResolution: ts.ModuleResolutionKind.NodeNext,
+      strict: true,
+      noEmit: true,
+      skipLibCheck: false,
+      types: ['node'],
+    });
+    const ours = ts
+      .getPreEmitDiagnostics(program)
+      .filter((diagnostic) => diagnostic.file?.fileName.startsWith(dist) === true)
+      .map((diagnostic) => ts.flattenDiagnosticMessageText(diagnostic.messageText, '\n'));
+    assert.deepEqual(ours, []);
   });
 });
