@@ -7,30 +7,43 @@
  *
  * What we sent is captured by a transparent TCP tee between the middleware and rsyslog (every
  * byte forwarded, every line kept), and checked separately against the HTTP exchange we made.
- * rsyslog's output file has no event, so it is polled on a short timer with a hard bound.
+ * rsyslog's output file has no event, so it is polled on a short timer with a hard bound. The tee,
+ * the polling and the record check are shared with the syslog-ng spec, in spec/collectors.ts.
  *
  * Where rsyslogd is not installed the suite is reported as skipped; `.ci/run` installs it.
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
 import fs from 'node:fs';
-import net from 'node:net';
-import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, afterEach, before, describe, it } from 'node:test';
 import express from 'express';
 import tcplog = require('../lib/index.js');
 import { activeClientCount } from '../lib/registry.js';
-import { freePort, invariant, listen, request, until, type Listening, type Reply } from './helpers.js';
-
-type Json = Record<string, any>;
+import {
+  assertRecordOf,
+  bulkHeaders,
+  childEnv,
+  connectWithRetry,
+  exchange,
+  fileSize,
+  OUTPUT_WAIT_MS,
+  readJsonLines,
+  readLines,
+  readText,
+  stopChild,
+  Tee,
+  trackChild,
+  uriStartsWith,
+  waitForRecords,
+  type Exchange,
+  type Json,
+} from './collectors.js';
+import { freePort, invariant, listen, until, type Listening } from './helpers.js';
 
 /** Bound on waiting for rsyslogd to come up or go down; not a timing claim. */
 const RSYSLOGD_WAIT_MS = 10_000;
-/** Bound on a record showing up in rsyslog's output file. */
-const OUTPUT_WAIT_MS = 8_000;
 /** Records made while rsyslog is down: reconnect backoff tops out at 5 s, so allow 15 s. */
 const RESTART_WAIT_MS = 15_000;
 /** rsyslog's maxMessageSize: the default 8 KiB splits records (and mangles the pieces). */
@@ -91,29 +104,6 @@ action(type="omfile" file="${dir}/rsyslogd.log")
 `;
 }
 
-function readText(file: string, from = 0): string {
-  try {
-    return fs.readFileSync(file).subarray(from).toString('utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return '';
-    throw err;
-  }
-}
-
-function fileSize(file: string): number {
-  try {
-    return fs.statSync(file).size;
-  } catch {
-    return 0;
-  }
-}
-
-/** Every rsyslogd this file started, killed on exit whatever happened to the test run. */
-const children = new Set<ChildProcess>();
-process.on('exit', () => {
-  for (const child of children) child.kill('SIGKILL');
-});
-
 /** One rsyslogd in the foreground (`-n`), its config, pid file and output in a temp dir. */
 class Rsyslogd {
   readonly config: string;
@@ -145,26 +135,18 @@ class Rsyslogd {
   async start(): Promise<void> {
     assert.equal(this.#child, null, 'rsyslogd already running');
     const logFrom = fileSize(this.logFile);
-    const env = { ...process.env };
-    // Never let it talk to a systemd that may supervise the test runner.
-    delete env['NOTIFY_SOCKET'];
-    delete env['LISTEN_FDS'];
-    delete env['LISTEN_PID'];
     const child = spawn(this.bin, ['-n', '-f', this.config, '-i', this.pidFile], {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env,
+      env: childEnv(),
     });
     this.#child = child;
-    children.add(child);
+    trackChild(child);
     this.#stderr = '';
     let exit: string | null = null;
     child.stdout.setEncoding('utf8').on('data', (text: string) => (this.#stderr += text));
     child.stderr.setEncoding('utf8').on('data', (text: string) => (this.#stderr += text));
     child.on('error', (err) => (exit = `could not run ${this.bin}: ${err.message}`));
-    child.on('exit', (code, signal) => {
-      exit ??= `rsyslogd exited (code ${code}, signal ${signal})`;
-      children.delete(child);
-    });
+    child.on('exit', (code, signal) => (exit ??= `rsyslogd exited (code ${code}, signal ${signal})`));
     const log = (): string => readText(this.logFile, logFrom);
     try {
       // 1. Its port accepts a connection (retry on a short loop; stop at once if it exits).
@@ -193,43 +175,17 @@ class Rsyslogd {
     const child = this.#child;
     if (!child) return;
     this.#child = null;
-    if (child.exitCode !== null || child.signalCode !== null || child.pid === undefined) return;
-    const exited = once(child, 'exit');
-    child.kill('SIGTERM');
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), RSYSLOGD_WAIT_MS)));
-    const outcome = await Promise.race([exited, late]);
-    clearTimeout(timer);
-    if (outcome === 'late') {
-      child.kill('SIGKILL');
-      await exited;
-    }
+    await stopChild(child, RSYSLOGD_WAIT_MS);
   }
 
   /** The records rsyslog wrote (complete lines only; a big one may be half written). */
   records(): Json[] {
-    const text = readText(this.recordsFile);
-    const complete = text.slice(0, text.lastIndexOf('\n') + 1);
-    return complete
-      .split('\n')
-      .filter((line) => line !== '')
-      .map((line, index) => {
-        try {
-          return JSON.parse(line) as Json;
-        } catch (err) {
-          throw new Error(
-            `rsyslog output line ${index + 1} is not JSON (${(err as Error).message}): ${line.slice(0, 300)}`,
-            { cause: err },
-          );
-        }
-      });
+    return readJsonLines(this.recordsFile, 'rsyslog output');
   }
 
   /** Raw output lines, for sizes. */
   lines(): string[] {
-    return readText(this.recordsFile)
-      .split('\n')
-      .filter((line) => line !== '');
+    return readLines(this.recordsFile);
   }
 
   /** What mmjsonparse could not parse. */
@@ -238,207 +194,17 @@ class Rsyslogd {
   }
 
   /** Polls the output file (there is no event for it) until `count` records match `select`. */
-  async waitForRecords(select: (record: Json) => boolean, count: number, timeoutMs = OUTPUT_WAIT_MS): Promise<Json[]> {
-    const deadline = Date.now() + timeoutMs;
-    for (;;) {
-      const found = this.records().filter(select);
-      if (found.length >= count) return found;
-      if (Date.now() > deadline) {
-        throw new Error(
-          `timed out after ${timeoutMs} ms: ${found.length}/${count} records in rsyslog's output; ` +
-            `unparsed: ${JSON.stringify(this.unparsed().slice(0, 500))}; log: ${readText(this.logFile).slice(-1000)}`,
-        );
-      }
-      await new Promise((resolve) => setTimeout(resolve, 20));
-    }
-  }
-}
-
-/** Connects to 127.0.0.1:port until it works; retries every 20 ms, bounded, stops if `failed()` says why. */
-function connectWithRetry(port: number, timeoutMs: number, failed: () => string | null): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  return new Promise((resolve, reject) => {
-    function attempt(): void {
-      const why = failed();
-      if (why !== null) return reject(new Error(why));
-      const socket = net.connect(port, '127.0.0.1');
-      socket.once('connect', () => {
-        socket.destroy();
-        resolve();
-      });
-      socket.once('error', (err: NodeJS.ErrnoException) => {
-        socket.destroy();
-        if (Date.now() > deadline) return reject(new Error(`port ${port} still refuses connections: ${err.code}`));
-        setTimeout(attempt, 20);
-      });
-    }
-    attempt();
-  });
-}
-
-/**
- * A transparent TCP tee in front of rsyslog: forwards every byte, and keeps every line as sent
- * (with its `\r` when the delimiter was `\r\n`). This is "what the middleware sent".
- */
-class Tee {
-  readonly server: net.Server;
-  readonly lines: string[] = [];
-  readonly #sockets = new Set<net.Socket>();
-
-  constructor(readonly upstreamPort: number) {
-    this.server = net.createServer((down) => this.#accept(down));
-  }
-
-  get port(): number {
-    return (this.server.address() as AddressInfo).port;
-  }
-
-  async listen(): Promise<this> {
-    this.server.listen(0, '127.0.0.1');
-    await once(this.server, 'listening');
-    return this;
-  }
-
-  /** Lines sent whose record matches `select`, parsed, with their raw text. */
-  sent(select: (record: Json) => boolean): Array<{ raw: string; record: Json }> {
-    return this.lines
-      .map((raw) => ({ raw, record: JSON.parse(raw.replace(/\r$/, '')) as Json }))
-      .filter(({ record }) => select(record));
-  }
-
-  async close(): Promise<void> {
-    for (const socket of this.#sockets) socket.destroy();
-    if (this.server.listening) await new Promise<void>((resolve) => this.server.close(() => resolve()));
-  }
-
-  #accept(down: net.Socket): void {
-    const up = net.connect(this.upstreamPort, '127.0.0.1');
-    for (const socket of [down, up]) {
-      this.#sockets.add(socket);
-      socket.on('error', () => undefined);
-      socket.on('close', () => this.#sockets.delete(socket));
-    }
-    down.on('close', () => up.end());
-    up.on('close', () => down.destroy());
-    let pending = Buffer.alloc(0);
-    down.on('data', (chunk: Buffer) => {
-      pending = Buffer.concat([pending, chunk]);
-      let newline = pending.indexOf(0x0a);
-      while (newline !== -1) {
-        this.lines.push(pending.subarray(0, newline).toString('utf8'));
-        pending = pending.subarray(newline + 1);
-        newline = pending.indexOf(0x0a);
-      }
-    });
-    down.pipe(up);
-  }
-}
-
-/** What we know of an exchange from the HTTP side: the expectation a record is checked against. */
-interface Exchange {
-  method: string;
-  uri: string;
-  headers: Record<string, string>;
-  body?: string;
-  reply: Reply;
-  startedBefore: number;
-  finishedAfter: number;
-  query: Json;
-  api?: Json;
-  route?: { path: string; base_url: string };
-}
-
-async function exchange(
-  port: number,
-  method: string,
-  uri: string,
-  query: Json,
-  extra: {
-    headers?: Record<string, string>;
-    body?: string;
-    api?: Json;
-    route?: { path: string; base_url: string };
-  } = {},
-): Promise<Exchange> {
-  const headers = extra.headers ?? {};
-  const startedBefore = Date.now();
-  const reply = await request(port, uri, {
-    method,
-    headers,
-    ...(extra.body !== undefined ? { body: extra.body } : {}),
-  });
-  return {
-    method,
-    uri,
-    headers,
-    ...(extra.body !== undefined ? { body: extra.body } : {}),
-    reply,
-    startedBefore,
-    finishedAfter: Date.now(),
-    query,
-    ...(extra.api ? { api: extra.api } : {}),
-    ...(extra.route ? { route: extra.route } : {}),
-  };
-}
-
-const REDACTED_HEADERS = new Set(['authorization', 'proxy-authorization', 'cookie', 'set-cookie']);
-
-/** A record as rsyslog wrote it, against the HTTP exchange it logs: values and JSON types. */
-function assertRecordOf(record: Json, ex: Exchange, httpPort: number): void {
-  const what = `record of ${ex.method} ${ex.uri}`;
-  const req = record['request'] as Json;
-  assert.equal(req['method'], ex.method, what);
-  assert.equal(req['uri'], ex.uri, what);
-  assert.equal(req['request_uri'], `http://127.0.0.1:${httpPort}${ex.uri}`, what);
-  assert.ok(
-    Number.isInteger(req['size']) && req['size'] > 0,
-    `${what}: request.size is a positive integer, got ${JSON.stringify(req['size'])}`,
-  );
-  if (ex.body !== undefined)
-    assert.ok(req['size'] > Buffer.byteLength(ex.body), `${what}: request.size counts the body`);
-  assert.deepEqual(req['querystring'], ex.query, `${what}: querystring`);
-  for (const [name, value] of Object.entries(ex.headers)) {
-    const lower = name.toLowerCase();
-    assert.equal(
-      req['headers'][lower],
-      REDACTED_HEADERS.has(lower) ? 'REDACTED' : value,
-      `${what}: request header ${lower}`,
+  waitForRecords(select: (record: Json) => boolean, count: number, timeoutMs = OUTPUT_WAIT_MS): Promise<Json[]> {
+    return waitForRecords(
+      () => this.records(),
+      select,
+      count,
+      timeoutMs,
+      () =>
+        `in rsyslog's output; unparsed: ${JSON.stringify(this.unparsed().slice(0, 500))}; ` +
+        `log: ${readText(this.logFile).slice(-1000)}`,
     );
   }
-  assert.equal(req['headers']['host'], `127.0.0.1:${httpPort}`, what);
-
-  const res = record['response'] as Json;
-  assert.equal(res['status'], ex.reply.status, `${what}: response.status is the number sent`);
-  assert.ok(Number.isInteger(res['size']), `${what}: response.size is an integer, got ${JSON.stringify(res['size'])}`);
-  assert.ok(res['size'] > ex.reply.body.length, `${what}: response.size counts head and body`);
-  for (const name of ['content-type', 'content-length', 'x-powered-by']) {
-    const sent = ex.reply.headers[name];
-    if (sent !== undefined) assert.equal(res['headers'][name], sent, `${what}: response header ${name}`);
-  }
-
-  const latencies = record['latencies'] as Json;
-  assert.equal(typeof latencies['request'], 'number', what);
-  assert.equal(typeof latencies['proxy'], 'number', what);
-  assert.ok(
-    latencies['request'] >= 0 && latencies['request'] + 1 >= latencies['proxy'],
-    `${what}: latencies ${JSON.stringify(latencies)}`,
-  );
-
-  assert.ok(
-    Number.isInteger(record['started_at']),
-    `${what}: started_at is an integer, got ${JSON.stringify(record['started_at'])}`,
-  );
-  assert.ok(
-    record['started_at'] >= ex.startedBefore && record['started_at'] <= ex.finishedAfter,
-    `${what}: started_at ${record['started_at']} within [${ex.startedBefore}, ${ex.finishedAfter}]`,
-  );
-  assert.equal(record['client_ip'], '127.0.0.1', what);
-  assert.deepEqual(record['api'], ex.api, `${what}: api`);
-  assert.deepEqual(record['route'], ex.route, `${what}: route`);
-}
-
-function uriStartsWith(prefix: string): (record: Json) => boolean {
-  return (record) => typeof record['request']?.['uri'] === 'string' && record['request']['uri'].startsWith(prefix);
 }
 
 // Each test carries the skip (not just the suite), so a run without rsyslogd counts them as skipped.
@@ -592,11 +358,7 @@ describe('rsyslog end to end (rsyslogd, imtcp, mmjsonparse)', () => {
       });
       const http = await serve(app);
       // 200 headers of 1 KiB: Node's server keeps at most 2000 headers and its head limit is raised to 512 KiB.
-      const headers: Record<string, string> = {};
-      for (let i = 0; i < 200; i++) {
-        headers[`x-bulk-${String(i).padStart(3, '0')}`] =
-          `${i}:` + 'abcdefghijklmnopqrstuvwxyz0123456789'.repeat(29).slice(0, 1024 - `${i}:`.length);
-      }
+      const headers = bulkHeaders(200);
       const large = await exchange(
         http.port,
         'GET',
