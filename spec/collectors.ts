@@ -10,7 +10,13 @@ import { once } from 'node:events';
 import fs from 'node:fs';
 import net from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { request, type Reply } from './helpers.js';
+import os from 'node:os';
+import path from 'node:path';
+import { after, afterEach, before } from 'node:test';
+import express from 'express';
+import tcplog = require('../lib/index.js');
+import { activeClientCount } from '../lib/registry.js';
+import { invariant, listen, request, type Listening, type Reply } from './helpers.js';
 
 export type Json = Record<string, any>;
 
@@ -315,4 +321,247 @@ export function bulkHeaders(count: number): Record<string, string> {
       `${i}:` + 'abcdefghijklmnopqrstuvwxyz0123456789'.repeat(29).slice(0, 1024 - `${i}:`.length);
   }
   return headers;
+}
+
+/** A collector run by a spec: started in `before()`, stopped in `after()`. */
+export interface Collector {
+  readonly port: number;
+  start(): Promise<void>;
+  stop(): Promise<void>;
+  waitForRecords(select: (record: Json) => boolean, count: number): Promise<Json[]>;
+}
+
+/** What a collector spec's tests use; `collector` and `tee` are set once `before()` has run. */
+export interface CollectorSuite<C extends Collector> {
+  readonly collector: C;
+  readonly tee: Tee;
+  /** The middlewares logger() made for the running test, oldest first. */
+  readonly middlewares: readonly tcplog.Middleware[];
+  /** A middleware, closed (and its invariant checked) after the test. */
+  readonly logger: (options: tcplog.TcpLogOptions) => tcplog.Middleware;
+  /** The app on a free port, with a head limit raised for 200 KiB records; closed after the test. */
+  readonly serve: (app: express.Express) => Promise<Listening>;
+}
+
+/**
+ * The hooks every collector spec needs, registered in the calling describe(): the collector in a
+ * temp dir (`create(dir)`), the tee in front of it; after each test, the invariant on every
+ * instance, every client released, then `afterEachCheck` (what the collector refused, its
+ * complaints); after all, everything closed and the temp dir removed. Does nothing when skipped.
+ */
+export function collectorSuite<C extends Collector>(options: {
+  skip: string | false;
+  tempPrefix: string;
+  create(dir: string): Promise<C>;
+  afterEachCheck(collector: C): void;
+}): CollectorSuite<C> {
+  let dir = '';
+  let collector: C | undefined;
+  let tee: Tee | undefined;
+  const middlewares: tcplog.Middleware[] = [];
+  const opened: Array<{ close(): Promise<void> }> = [];
+
+  before(async () => {
+    if (options.skip) return;
+    dir = fs.mkdtempSync(path.join(path.resolve(os.tmpdir()), options.tempPrefix));
+    collector = await options.create(dir);
+    await collector.start();
+    tee = await new Tee(collector.port).listen();
+  });
+
+  afterEach(async () => {
+    if (options.skip) return;
+    // Check the invariant on every instance, but close everything before failing on it.
+    const broken = middlewares.map((mw) => mw.stats()).filter((stats) => !invariant(stats));
+    for (const mw of middlewares.splice(0)) await mw.close();
+    for (const thing of opened.splice(0).reverse()) await thing.close();
+    assert.deepEqual(broken, [], 'records === sent + dropped + buffered on every instance');
+    assert.equal(activeClientCount(), 0, 'every client released');
+    options.afterEachCheck(collector as C);
+  });
+
+  after(async () => {
+    try {
+      for (const mw of middlewares.splice(0)) await mw.close();
+      for (const thing of opened.splice(0).reverse()) await thing.close();
+      await tee?.close();
+    } finally {
+      await collector?.stop();
+      if (dir) fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  return {
+    middlewares,
+    get collector(): C {
+      assert.ok(collector, 'the collector is started in before()');
+      return collector;
+    },
+    get tee(): Tee {
+      assert.ok(tee, 'the tee is started in before()');
+      return tee;
+    },
+    logger: (loggerOptions) => {
+      const mw = tcplog(loggerOptions);
+      middlewares.push(mw);
+      return mw;
+    },
+    serve: async (app) => {
+      const server = await listen(app, { maxHeaderSize: 512 * 1024 });
+      opened.push(server);
+      return server;
+    },
+  };
+}
+
+/**
+ * A record of over 200 KiB (200 headers of 1 KiB), then an ordinary one: both must come out of
+ * the collector whole, as two records equal to what was sent. Returns what was sent, for the
+ * spec's own check of the collector's output line.
+ */
+export async function sendLargeRecord<C extends Collector>(
+  suite: CollectorSuite<C>,
+): Promise<Array<{ raw: string; record: Json }>> {
+  const app = express();
+  app.use(suite.logger({ host: '127.0.0.1', port: suite.tee.port }));
+  app.get('/large', (_req, res) => {
+    res.send('large ok');
+  });
+  app.get('/large/after', (_req, res) => {
+    res.send('after ok');
+  });
+  const http = await suite.serve(app);
+  const large = await exchange(
+    http.port,
+    'GET',
+    '/large',
+    {},
+    { headers: bulkHeaders(200), route: { path: '/large', base_url: '' } },
+  );
+  const next = await exchange(
+    http.port,
+    'GET',
+    '/large/after?n=1',
+    { n: '1' },
+    { route: { path: '/large/after', base_url: '' } },
+  );
+  assert.equal(large.reply.status, 200);
+  assert.equal(next.reply.status, 200);
+
+  const select = uriStartsWith('/large');
+  const received = await suite.collector.waitForRecords(select, 2);
+  const sent = suite.tee.sent(select);
+  assert.equal(sent.length, 2);
+  assert.ok(
+    Buffer.byteLength(sent[0]!.raw) > 200 * 1024,
+    `the record sent is over 200 KiB (${Buffer.byteLength(sent[0]!.raw)} bytes)`,
+  );
+  assert.equal(received.length, 2, 'two records, not pieces of one');
+  assert.deepEqual(
+    received,
+    sent.map((s) => s.record),
+  );
+  assertRecordOf(received[0]!, large, http.port);
+  assertRecordOf(received[1]!, next, http.port);
+  assert.equal(
+    Object.keys(received[0]!['request']['headers']).filter((name) => name.startsWith('x-bulk-')).length,
+    200,
+  );
+  return sent;
+}
+
+/**
+ * A collector run as a child process, writing the records it parsed to `recordsFile` and what it
+ * could not parse to `unparsedFile`. Subclasses start it, and say what else to show when the
+ * records do not come.
+ */
+export abstract class CollectorProcess implements Collector {
+  protected child: ChildProcess | null = null;
+  /** What the child printed on stderr since it was started. */
+  protected stderrText = '';
+
+  constructor(
+    readonly name: string,
+    readonly port: number,
+    readonly recordsFile: string,
+    readonly unparsedFile: string,
+    /** Bound on starting and stopping it; not a timing claim. */
+    protected readonly waitMs: number,
+  ) {}
+
+  abstract start(): Promise<void>;
+
+  /** What to add to the message when records do not come (its log, its stderr). */
+  protected abstract diagnostics(): string;
+
+  get running(): boolean {
+    return this.child !== null;
+  }
+
+  /** SIGTERM, then SIGKILL if it has not exited within the bound; resolves once it has exited. */
+  async stop(): Promise<void> {
+    const child = this.child;
+    if (!child) return;
+    this.child = null;
+    await stopChild(child, this.waitMs);
+  }
+
+  /** The records it wrote (complete lines only; a big one may be half written). */
+  records(): Json[] {
+    return readJsonLines(this.recordsFile, `${this.name} output`);
+  }
+
+  /** Raw output lines, for sizes. */
+  lines(): string[] {
+    return readLines(this.recordsFile);
+  }
+
+  /** What it could not parse, from byte `from` on. */
+  unparsed(from = 0): string {
+    return readText(this.unparsedFile, from);
+  }
+
+  /** Polls the output file (there is no event for it) until `count` records match `select`. */
+  waitForRecords(select: (record: Json) => boolean, count: number, timeoutMs = OUTPUT_WAIT_MS): Promise<Json[]> {
+    return waitForRecords(
+      () => this.records(),
+      select,
+      count,
+      timeoutMs,
+      () =>
+        `in ${this.name}'s output; unparsed: ${JSON.stringify(this.unparsed().slice(0, 500))}; ${this.diagnostics()}`,
+    );
+  }
+}
+
+/**
+ * The records `select` picks, as the collector wrote them and as the tee saw them go: as many as
+ * `exchanges`, each once, equal in values and JSON types (deepStrictEqual: 1 !== "1") and in
+ * order, each checked against its exchange, each sent with the delimiter its `kind` query
+ * parameter names (`lf`: "\n"; `crlf` or none: the default "\r\n").
+ */
+export async function receivedAsSent<C extends Collector>(
+  suite: CollectorSuite<C>,
+  select: (record: Json) => boolean,
+  exchanges: readonly Exchange[],
+  httpPort: number,
+): Promise<{ received: Json[]; sent: Array<{ raw: string; record: Json }> }> {
+  const received = await suite.collector.waitForRecords(select, exchanges.length);
+  const sent = suite.tee.sent(select);
+  assert.equal(sent.length, exchanges.length);
+  for (const { raw, record } of sent) {
+    const kind = (record['request']['querystring']['kind'] as string | undefined) ?? 'crlf';
+    assert.equal(
+      raw.endsWith('}\r'),
+      kind === 'crlf',
+      `${kind} record ends with ${kind === 'crlf' ? '\\r\\n' : '\\n'}: ...${JSON.stringify(raw.slice(-3))}`,
+    );
+  }
+  assert.equal(received.length, exchanges.length, 'each record exactly once');
+  assert.deepEqual(
+    received,
+    sent.map((s) => s.record),
+  );
+  exchanges.forEach((ex, i) => assertRecordOf(received[i]!, ex, httpPort));
+  return { received, sent };
 }

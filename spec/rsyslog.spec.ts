@@ -13,34 +13,28 @@
  * Where rsyslogd is not installed the suite is reported as skipped; `.ci/run` installs it.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { after, afterEach, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import express from 'express';
-import tcplog = require('../lib/index.js');
-import { activeClientCount } from '../lib/registry.js';
 import {
   assertRecordOf,
-  bulkHeaders,
+  CollectorProcess,
+  collectorSuite,
+  receivedAsSent,
+  sendLargeRecord,
   childEnv,
   connectWithRetry,
   exchange,
   fileSize,
   OUTPUT_WAIT_MS,
-  readJsonLines,
-  readLines,
   readText,
-  stopChild,
-  Tee,
   trackChild,
   uriStartsWith,
-  waitForRecords,
   type Exchange,
-  type Json,
 } from './collectors.js';
-import { freePort, invariant, listen, until, type Listening } from './helpers.js';
+import { freePort, invariant, until } from './helpers.js';
 
 /** Bound on waiting for rsyslogd to come up or go down; not a timing claim. */
 const RSYSLOGD_WAIT_MS = 10_000;
@@ -105,46 +99,41 @@ action(type="omfile" file="${dir}/rsyslogd.log")
 }
 
 /** One rsyslogd in the foreground (`-n`), its config, pid file and output in a temp dir. */
-class Rsyslogd {
+class Rsyslogd extends CollectorProcess {
   readonly config: string;
   readonly pidFile: string;
-  readonly recordsFile: string;
-  readonly unparsedFile: string;
   readonly logFile: string;
-  #child: ChildProcess | null = null;
-  #stderr = '';
 
   constructor(
     readonly bin: string,
     readonly dir: string,
-    readonly port: number,
+    port: number,
   ) {
+    super('rsyslog', port, path.join(dir, 'records.json'), path.join(dir, 'unparsed.log'), RSYSLOGD_WAIT_MS);
     this.config = path.join(dir, 'rsyslog.conf');
     this.pidFile = path.join(dir, 'rsyslogd.pid');
-    this.recordsFile = path.join(dir, 'records.json');
-    this.unparsedFile = path.join(dir, 'unparsed.log');
     this.logFile = path.join(dir, 'rsyslogd.log');
     fs.writeFileSync(this.config, rsyslogConfig(dir, port));
   }
 
-  get running(): boolean {
-    return this.#child !== null;
+  protected diagnostics(): string {
+    return `log: ${readText(this.logFile).slice(-1000)}`;
   }
 
   /** Starts rsyslogd and resolves once it listens on our port with no error; else throws its stderr. */
   async start(): Promise<void> {
-    assert.equal(this.#child, null, 'rsyslogd already running');
+    assert.equal(this.child, null, 'rsyslogd already running');
     const logFrom = fileSize(this.logFile);
     const child = spawn(this.bin, ['-n', '-f', this.config, '-i', this.pidFile], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: childEnv(),
     });
-    this.#child = child;
+    this.child = child;
     trackChild(child);
-    this.#stderr = '';
+    this.stderrText = '';
     let exit: string | null = null;
-    child.stdout.setEncoding('utf8').on('data', (text: string) => (this.#stderr += text));
-    child.stderr.setEncoding('utf8').on('data', (text: string) => (this.#stderr += text));
+    child.stdout.setEncoding('utf8').on('data', (text: string) => (this.stderrText += text));
+    child.stderr.setEncoding('utf8').on('data', (text: string) => (this.stderrText += text));
     child.on('error', (err) => (exit = `could not run ${this.bin}: ${err.message}`));
     child.on('exit', (code, signal) => (exit ??= `rsyslogd exited (code ${code}, signal ${signal})`));
     const log = (): string => readText(this.logFile, logFrom);
@@ -156,7 +145,7 @@ class Rsyslogd {
       await until(() => exit !== null || log().includes(started), RSYSLOGD_WAIT_MS, 'the rsyslogd start message');
       if (exit !== null) throw new Error(exit);
       // 3. rsyslogd keeps running when it cannot bind (someone else took the port): look for errors.
-      const problems = `${this.#stderr}\n${log()}`
+      const problems = `${this.stderrText}\n${log()}`
         .split('\n')
         .filter((line) => /error|could not|cannot|failed/i.test(line));
       if (problems.length > 0) throw new Error(`it reported:\n${problems.join('\n')}`);
@@ -164,98 +153,24 @@ class Rsyslogd {
       await this.stop();
       throw new Error(
         `rsyslogd did not come up on 127.0.0.1:${this.port}: ${(err as Error).message}\n` +
-          `--- rsyslogd stderr ---\n${this.#stderr}\n--- ${this.logFile} ---\n${log()}`,
+          `--- rsyslogd stderr ---\n${this.stderrText}\n--- ${this.logFile} ---\n${log()}`,
         { cause: err },
       );
     }
-  }
-
-  /** SIGTERM, then SIGKILL if it has not exited within the bound; resolves once it has exited. */
-  async stop(): Promise<void> {
-    const child = this.#child;
-    if (!child) return;
-    this.#child = null;
-    await stopChild(child, RSYSLOGD_WAIT_MS);
-  }
-
-  /** The records rsyslog wrote (complete lines only; a big one may be half written). */
-  records(): Json[] {
-    return readJsonLines(this.recordsFile, 'rsyslog output');
-  }
-
-  /** Raw output lines, for sizes. */
-  lines(): string[] {
-    return readLines(this.recordsFile);
-  }
-
-  /** What mmjsonparse could not parse. */
-  unparsed(): string {
-    return readText(this.unparsedFile);
-  }
-
-  /** Polls the output file (there is no event for it) until `count` records match `select`. */
-  waitForRecords(select: (record: Json) => boolean, count: number, timeoutMs = OUTPUT_WAIT_MS): Promise<Json[]> {
-    return waitForRecords(
-      () => this.records(),
-      select,
-      count,
-      timeoutMs,
-      () =>
-        `in rsyslog's output; unparsed: ${JSON.stringify(this.unparsed().slice(0, 500))}; ` +
-        `log: ${readText(this.logFile).slice(-1000)}`,
-    );
   }
 }
 
 // Each test carries the skip (not just the suite), so a run without rsyslogd counts them as skipped.
 describe('rsyslog end to end (rsyslogd, imtcp, mmjsonparse)', () => {
-  let dir = '';
-  let rsyslog: Rsyslogd;
-  let tee: Tee;
-  const middlewares: tcplog.Middleware[] = [];
-  const opened: Array<{ close(): Promise<void> }> = [];
-
-  function logger(options: tcplog.TcpLogOptions): tcplog.Middleware {
-    const mw = tcplog(options);
-    middlewares.push(mw);
-    return mw;
-  }
-
-  async function serve(app: express.Express): Promise<Listening> {
-    const server = await listen(app, { maxHeaderSize: 512 * 1024 });
-    opened.push(server);
-    return server;
-  }
-
-  before(async () => {
-    if (SKIP) return;
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), 'express-tcplog-rsyslog-'));
-    rsyslog = new Rsyslogd(RSYSLOGD!, dir, await freePort());
-    await rsyslog.start();
-    tee = await new Tee(rsyslog.port).listen();
+  const suite = collectorSuite({
+    skip: SKIP,
+    tempPrefix: 'express-tcplog-rsyslog-',
+    create: async (dir) => new Rsyslogd(RSYSLOGD!, dir, await freePort()),
+    afterEachCheck(collector) {
+      assert.equal(collector.unparsed(), '', 'rsyslog parsed every record (nothing in unparsed.log)');
+    },
   });
-
-  afterEach(async () => {
-    if (SKIP) return;
-    // Check the invariant on every instance, but close everything before failing on it.
-    const broken = middlewares.map((mw) => mw.stats()).filter((stats) => !invariant(stats));
-    for (const mw of middlewares.splice(0)) await mw.close();
-    for (const thing of opened.splice(0).reverse()) await thing.close();
-    assert.deepEqual(broken, [], 'records === sent + dropped + buffered on every instance');
-    assert.equal(activeClientCount(), 0, 'every client released');
-    assert.equal(rsyslog.unparsed(), '', 'rsyslog parsed every record (nothing in unparsed.log)');
-  });
-
-  after(async () => {
-    try {
-      for (const mw of middlewares.splice(0)) await mw.close();
-      for (const thing of opened.splice(0).reverse()) await thing.close();
-      await tee?.close();
-    } finally {
-      await rsyslog?.stop();
-      if (dir) fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  const { logger, serve, middlewares } = suite;
 
   it('ordinary requests arrive parsed, equal to what was sent, field by field', { skip: SKIP }, async () => {
     const api = {
@@ -267,7 +182,7 @@ describe('rsyslog end to end (rsyslogd, imtcp, mmjsonparse)', () => {
     };
     const app = express();
     const items = express.Router();
-    items.use(logger({ host: '127.0.0.1', port: tee.port, api }));
+    items.use(logger({ host: '127.0.0.1', port: suite.tee.port, api }));
     items.get('/items/:id', (req, res) => {
       res.json({ id: req.params['id'] });
     });
@@ -321,21 +236,8 @@ describe('rsyslog end to end (rsyslogd, imtcp, mmjsonparse)', () => {
       [200, 201, 200, 204, 404],
     );
 
-    const select = uriStartsWith('/ordinary/');
-    const received = await rsyslog.waitForRecords(select, exchanges.length);
-    const sent = tee.sent(select);
-    assert.equal(received.length, exchanges.length, 'each record exactly once');
-    assert.equal(sent.length, exchanges.length);
-    // Same values and same JSON types as the bytes we sent (deepStrictEqual: 1 !== "1").
-    assert.deepEqual(
-      received,
-      sent.map((s) => s.record),
-    );
-    exchanges.forEach((ex, i) => assertRecordOf(received[i]!, ex, http.port));
-    assert.ok(
-      sent.every((s) => s.raw.endsWith('}\r')),
-      'the default delimiter is \\r\\n',
-    );
+    // The default delimiter, "\r\n": no `kind` in these queries.
+    await receivedAsSent(suite, uriStartsWith('/ordinary/'), exchanges, http.port);
     await until(
       () => middlewares[0]!.stats().sent === exchanges.length,
       OUTPUT_WAIT_MS,
@@ -348,54 +250,10 @@ describe('rsyslog end to end (rsyslogd, imtcp, mmjsonparse)', () => {
     'a 200 KiB record arrives whole (maxMessageSize raised), and the next one stays separate',
     { skip: SKIP },
     async () => {
-      const app = express();
-      app.use(logger({ host: '127.0.0.1', port: tee.port }));
-      app.get('/large', (_req, res) => {
-        res.send('large ok');
-      });
-      app.get('/large/after', (_req, res) => {
-        res.send('after ok');
-      });
-      const http = await serve(app);
-      // 200 headers of 1 KiB: Node's server keeps at most 2000 headers and its head limit is raised to 512 KiB.
-      const headers = bulkHeaders(200);
-      const large = await exchange(
-        http.port,
-        'GET',
-        '/large',
-        {},
-        { headers, route: { path: '/large', base_url: '' } },
-      );
-      const next = await exchange(
-        http.port,
-        'GET',
-        '/large/after?n=1',
-        { n: '1' },
-        { route: { path: '/large/after', base_url: '' } },
-      );
-      assert.equal(large.reply.status, 200);
-      assert.equal(next.reply.status, 200);
-
-      const select = uriStartsWith('/large');
-      const received = await rsyslog.waitForRecords(select, 2);
-      const sent = tee.sent(select);
-      assert.equal(sent.length, 2);
-      assert.ok(
-        Buffer.byteLength(sent[0]!.raw) > 200 * 1024,
-        `the record sent is over 200 KiB (${Buffer.byteLength(sent[0]!.raw)} bytes)`,
-      );
-      assert.equal(received.length, 2, 'two records, not pieces of one');
-      assert.deepEqual(
-        received,
-        sent.map((s) => s.record),
-      );
-      assertRecordOf(received[0]!, large, http.port);
-      assertRecordOf(received[1]!, next, http.port);
-      assert.equal(
-        Object.keys(received[0]!['request']['headers']).filter((name) => name.startsWith('x-bulk-')).length,
-        200,
-      );
-      const outputLine = rsyslog.lines().find((line) => line.includes('"\\/large"') || line.includes('"/large"'));
+      await sendLargeRecord(suite);
+      const outputLine = suite.collector
+        .lines()
+        .find((line) => line.includes('"\\/large"') || line.includes('"/large"'));
       assert.ok(outputLine && outputLine.length > 200 * 1024, 'rsyslog wrote it as one line of over 200 KiB');
     },
   );
@@ -403,12 +261,12 @@ describe('rsyslog end to end (rsyslogd, imtcp, mmjsonparse)', () => {
   it('both delimiters, "\\r\\n" and "\\n", interleaved on one shared connection', { skip: SKIP }, async () => {
     const app = express();
     const crlf = express.Router();
-    crlf.use(logger({ host: '127.0.0.1', port: tee.port }));
+    crlf.use(logger({ host: '127.0.0.1', port: suite.tee.port }));
     crlf.get('/r/:n', (req, res) => {
       res.send(`crlf ${req.params['n']}`);
     });
     const lf = express.Router();
-    lf.use(logger({ host: '127.0.0.1', port: tee.port, delimiter: '\n' }));
+    lf.use(logger({ host: '127.0.0.1', port: suite.tee.port, delimiter: '\n' }));
     lf.get('/r/:n', (req, res) => {
       res.send(`lf ${req.params['n']}`);
     });
@@ -432,24 +290,7 @@ describe('rsyslog end to end (rsyslogd, imtcp, mmjsonparse)', () => {
         );
       }
     }
-    const select = uriStartsWith('/delim/');
-    const received = await rsyslog.waitForRecords(select, exchanges.length);
-    const sent = tee.sent(select);
-    assert.equal(sent.length, exchanges.length);
-    for (const { raw, record } of sent) {
-      const kind = record['request']['querystring']['kind'] as string;
-      assert.equal(
-        raw.endsWith('\r'),
-        kind === 'crlf',
-        `${kind} record ends with ${kind === 'crlf' ? '\\r\\n' : '\\n'}: ...${JSON.stringify(raw.slice(-3))}`,
-      );
-    }
-    assert.equal(received.length, exchanges.length, 'each record exactly once');
-    assert.deepEqual(
-      received,
-      sent.map((s) => s.record),
-    );
-    exchanges.forEach((ex, i) => assertRecordOf(received[i]!, ex, http.port));
+    await receivedAsSent(suite, uriStartsWith('/delim/'), exchanges, http.port);
     // Different delimiters, same destination: one client, one connection.
     assert.equal(middlewares[0]!.stats().connects, 1);
     assert.deepEqual(middlewares[0]!.stats(), middlewares[1]!.stats());
@@ -460,7 +301,7 @@ describe('rsyslog end to end (rsyslogd, imtcp, mmjsonparse)', () => {
     { skip: SKIP, timeout: 40_000 },
     async () => {
       const errors: Error[] = [];
-      const mw = logger({ host: '127.0.0.1', port: rsyslog.port, onError: (err) => errors.push(err) });
+      const mw = logger({ host: '127.0.0.1', port: suite.collector.port, onError: (err) => errors.push(err) });
       const app = express();
       app.use(mw);
       app.get('/restart/:phase/:n', (req, res) => {
@@ -471,10 +312,10 @@ describe('rsyslog end to end (rsyslogd, imtcp, mmjsonparse)', () => {
 
       const before: Exchange[] = [];
       for (let n = 0; n < 3; n++) before.push(await exchange(http.port, 'GET', `/restart/before/${n}`, {}, { route }));
-      const beforeReceived = await rsyslog.waitForRecords(uriStartsWith('/restart/before/'), 3);
+      const beforeReceived = await suite.collector.waitForRecords(uriStartsWith('/restart/before/'), 3);
       before.forEach((ex, i) => assertRecordOf(beforeReceived[i]!, ex, http.port));
 
-      await rsyslog.stop();
+      await suite.collector.stop();
       await until(() => !mw.stats().connected, RSYSLOGD_WAIT_MS, 'the client to notice rsyslogd went away');
       const down: Exchange[] = [];
       for (let n = 0; n < 5; n++) down.push(await exchange(http.port, 'GET', `/restart/down/${n}`, {}, { route }));
@@ -488,8 +329,8 @@ describe('rsyslog end to end (rsyslogd, imtcp, mmjsonparse)', () => {
       assert.equal(mw.stats().dropped, 0);
       assert.ok(invariant(mw.stats()));
 
-      await rsyslog.start();
-      const received = await rsyslog.waitForRecords(uriStartsWith('/restart/down/'), 5, RESTART_WAIT_MS);
+      await suite.collector.start();
+      const received = await suite.collector.waitForRecords(uriStartsWith('/restart/down/'), 5, RESTART_WAIT_MS);
       assert.deepEqual(
         received.map((r) => r['request']['uri']),
         down.map((ex) => ex.uri),
@@ -502,7 +343,7 @@ describe('rsyslog end to end (rsyslogd, imtcp, mmjsonparse)', () => {
       assert.equal(stats.dropped, 0);
       assert.ok(stats.connects >= 2, `reconnected: ${JSON.stringify(stats)}`);
       assert.ok(errors.length >= 1, 'the outage was reported through onError');
-      assert.equal(rsyslog.records().filter(uriStartsWith('/restart/')).length, 8, 'nothing duplicated');
+      assert.equal(suite.collector.records().filter(uriStartsWith('/restart/')).length, 8, 'nothing duplicated');
     },
   );
 });

@@ -14,35 +14,29 @@
  * LD_LIBRARY_PATH and --module-path. Where it is not there the suite is reported as skipped.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
-import { after, afterEach, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import express from 'express';
-import tcplog = require('../lib/index.js');
-import { activeClientCount } from '../lib/registry.js';
 import {
-  assertRecordOf,
-  bulkHeaders,
+  CollectorProcess,
+  collectorSuite,
+  receivedAsSent,
+  sendLargeRecord,
   childEnv,
   connectWithRetry,
   exchange,
   fileSize,
   OUTPUT_WAIT_MS,
-  readJsonLines,
   readLines,
   readText,
-  stopChild,
-  Tee,
   trackChild,
   uriStartsWith,
-  waitForRecords,
   type Exchange,
-  type Json,
 } from './collectors.js';
-import { freePort, invariant, listen, until, type Listening } from './helpers.js';
+import { freePort, until } from './helpers.js';
 
 /** Bound on waiting for syslog-ng to come up or go down; not a timing claim. */
 const SYSLOG_NG_WAIT_MS = 10_000;
@@ -129,22 +123,17 @@ log { source(s_tcplog); parser(p_tcplog); destination(d_tcplog_fields); };
 }
 
 /** One syslog-ng in the foreground (`-F`, its messages on stderr with `-e`), all its files in a temp dir. */
-class SyslogNg {
+class SyslogNg extends CollectorProcess {
   readonly config: string;
-  readonly recordsFile: string;
-  readonly unparsedFile: string;
   readonly fieldsFile: string;
-  #child: ChildProcess | null = null;
-  #stderr = '';
 
   constructor(
     readonly install: Install,
     readonly dir: string,
-    readonly port: number,
+    port: number,
   ) {
+    super('syslog-ng', port, path.join(dir, 'tcplog.json'), path.join(dir, 'tcplog-unparsed.log'), SYSLOG_NG_WAIT_MS);
     this.config = path.join(dir, 'syslog-ng.conf');
-    this.recordsFile = path.join(dir, 'tcplog.json');
-    this.unparsedFile = path.join(dir, 'tcplog-unparsed.log');
     this.fieldsFile = path.join(dir, 'fields.txt');
     fs.writeFileSync(
       this.config,
@@ -157,13 +146,17 @@ class SyslogNg {
   }
 
   /** What syslog-ng printed about itself (starts, connections, warnings, errors). */
+  protected diagnostics(): string {
+    return `stderr: ${this.stderrText.slice(-1000)}`;
+  }
+
   get stderr(): string {
-    return this.#stderr;
+    return this.stderrText;
   }
 
   /** Starts syslog-ng; resolves once it has announced its start and accepts a connection, else throws its stderr. */
   async start(): Promise<void> {
-    assert.equal(this.#child, null, 'syslog-ng already running');
+    assert.equal(this.child, null, 'syslog-ng already running');
     const { bin, modulePath, libraryPath } = this.install;
     const args = [
       ...['-F', '-e', '-f', this.config, `--module-path=${modulePath}`],
@@ -174,9 +167,9 @@ class SyslogNg {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: childEnv({ LD_LIBRARY_PATH: libraryPath }),
     });
-    this.#child = child;
+    this.child = child;
     trackChild(child);
-    this.#stderr = '';
+    this.stderrText = '';
     let exit: string | null = null;
     // It prints "Accepting connections" once listening, then "syslog-ng starting up"; a config or
     // bind error makes it exit instead. Either way an event ends the wait, or the bound does.
@@ -186,8 +179,8 @@ class SyslogNg {
         SYSLOG_NG_WAIT_MS,
       );
       const onText = (text: string): void => {
-        this.#stderr += text;
-        if (this.#stderr.includes('syslog-ng starting up')) {
+        this.stderrText += text;
+        if (this.stderrText.includes('syslog-ng starting up')) {
           clearTimeout(timer);
           resolve();
         }
@@ -209,49 +202,15 @@ class SyslogNg {
       await this.stop();
       throw new Error(
         `syslog-ng did not come up on 127.0.0.1:${this.port}: ${(err as Error).message}\n` +
-          `--- syslog-ng stderr ---\n${this.#stderr}\n--- ${this.config} ---\n${readText(this.config)}`,
+          `--- syslog-ng stderr ---\n${this.stderrText}\n--- ${this.config} ---\n${readText(this.config)}`,
         { cause: err },
       );
     }
   }
 
-  async stop(): Promise<void> {
-    const child = this.#child;
-    if (!child) return;
-    this.#child = null;
-    await stopChild(child, SYSLOG_NG_WAIT_MS);
-  }
-
-  /** The records syslog-ng wrote to d_tcplog (complete lines only). */
-  records(): Json[] {
-    return readJsonLines(this.recordsFile, 'syslog-ng output');
-  }
-
-  /** Raw output lines, for sizes. */
-  lines(): string[] {
-    return readLines(this.recordsFile);
-  }
-
-  /** What the json-parser could not parse (d_tcplog_unparsed), from byte `from` on. */
-  unparsed(from = 0): string {
-    return readText(this.unparsedFile, from);
-  }
-
   /** Lines of the fields template (d_tcplog_fields). */
   fields(): string[] {
     return readLines(this.fieldsFile);
-  }
-
-  waitForRecords(select: (record: Json) => boolean, count: number, timeoutMs = OUTPUT_WAIT_MS): Promise<Json[]> {
-    return waitForRecords(
-      () => this.records(),
-      select,
-      count,
-      timeoutMs,
-      () =>
-        `in syslog-ng's output; unparsed: ${JSON.stringify(this.unparsed().slice(0, 500))}; ` +
-        `stderr: ${this.#stderr.slice(-1000)}`,
-    );
   }
 }
 
@@ -267,57 +226,19 @@ async function sendRaw(port: number, bytes: string): Promise<void> {
 
 // Each test carries the skip (not just the suite), so a run without syslog-ng counts them as skipped.
 describe('syslog-ng end to end (network source, json-parser, file destination)', () => {
-  let dir = '';
-  let syslogNg: SyslogNg;
-  let tee: Tee;
   /** How much of the unparsed file the tests that write to it have accounted for. */
   let unparsedChecked = 0;
-  const middlewares: tcplog.Middleware[] = [];
-  const opened: Array<{ close(): Promise<void> }> = [];
-
-  function logger(options: tcplog.TcpLogOptions): tcplog.Middleware {
-    const mw = tcplog(options);
-    middlewares.push(mw);
-    return mw;
-  }
-
-  async function serve(app: express.Express): Promise<Listening> {
-    const server = await listen(app, { maxHeaderSize: 512 * 1024 });
-    opened.push(server);
-    return server;
-  }
-
-  before(async () => {
-    if (SKIP) return;
-    dir = fs.mkdtempSync(path.join(path.resolve(os.tmpdir()), 'express-tcplog-syslog-ng-'));
-    syslogNg = new SyslogNg(inspectInstall(SYSLOG_NG_ROOT), dir, await freePort());
-    await syslogNg.start();
-    tee = await new Tee(syslogNg.port).listen();
+  const suite = collectorSuite({
+    skip: SKIP,
+    tempPrefix: 'express-tcplog-syslog-ng-',
+    create: async (dir) => new SyslogNg(inspectInstall(SYSLOG_NG_ROOT), dir, await freePort()),
+    afterEachCheck(collector) {
+      assert.equal(collector.unparsed(unparsedChecked), '', 'nothing unexpected in the unparsed file');
+      const problems = collector.stderr.split('\n').filter((line) => /error|fail|warning/i.test(line));
+      assert.deepEqual(problems, [], 'syslog-ng reported no error or warning');
+    },
   });
-
-  afterEach(async () => {
-    if (SKIP) return;
-    // Check the invariant on every instance, but close everything before failing on it.
-    const broken = middlewares.map((mw) => mw.stats()).filter((stats) => !invariant(stats));
-    for (const mw of middlewares.splice(0)) await mw.close();
-    for (const thing of opened.splice(0).reverse()) await thing.close();
-    assert.deepEqual(broken, [], 'records === sent + dropped + buffered on every instance');
-    assert.equal(activeClientCount(), 0, 'every client released');
-    assert.equal(syslogNg.unparsed(unparsedChecked), '', 'nothing unexpected in the unparsed file');
-    const problems = syslogNg.stderr.split('\n').filter((line) => /error|fail|warning/i.test(line));
-    assert.deepEqual(problems, [], 'syslog-ng reported no error or warning');
-  });
-
-  after(async () => {
-    try {
-      for (const mw of middlewares.splice(0)) await mw.close();
-      for (const thing of opened.splice(0).reverse()) await thing.close();
-      await tee?.close();
-    } finally {
-      await syslogNg?.stop();
-      if (dir) fs.rmSync(dir, { recursive: true, force: true });
-    }
-  });
+  const { logger, serve, middlewares } = suite;
 
   it(
     'ordinary records, "\\r\\n" and "\\n" on one shared connection, arrive parsed and equal to what was sent',
@@ -327,7 +248,9 @@ describe('syslog-ng end to end (network source, json-parser, file destination)',
       const app = express();
       for (const kind of ['crlf', 'lf'] as const) {
         const items = express.Router();
-        items.use(logger({ host: '127.0.0.1', port: tee.port, api, ...(kind === 'lf' ? { delimiter: '\n' } : {}) }));
+        items.use(
+          logger({ host: '127.0.0.1', port: suite.tee.port, api, ...(kind === 'lf' ? { delimiter: '\n' } : {}) }),
+        );
         items.get('/items/:id', (req, res) => {
           res.json({ id: req.params['id'] });
         });
@@ -379,28 +302,10 @@ describe('syslog-ng end to end (network source, json-parser, file destination)',
         [200, 201, 200, 204, 404, 200, 201, 200, 204, 404],
       );
 
-      const select = uriStartsWith('/ordinary/');
-      const received = await syslogNg.waitForRecords(select, exchanges.length);
-      const sent = tee.sent(select);
-      assert.equal(sent.length, exchanges.length);
-      for (const { raw, record } of sent) {
-        const kind = record['request']['querystring']['kind'] as string;
-        assert.equal(
-          raw.endsWith('}\r'),
-          kind === 'crlf',
-          `${kind} record ends with ${kind === 'crlf' ? '\\r\\n' : '\\n'}: ...${JSON.stringify(raw.slice(-3))}`,
-        );
-      }
-      assert.equal(received.length, exchanges.length, 'each record exactly once');
-      // Same values and same JSON types as the bytes we sent (deepStrictEqual: 1 !== "1").
-      assert.deepEqual(
-        received,
-        sent.map((s) => s.record),
-      );
-      exchanges.forEach((ex, i) => assertRecordOf(received[i]!, ex, http.port));
+      const { sent } = await receivedAsSent(suite, uriStartsWith('/ordinary/'), exchanges, http.port);
       // syslog-ng drops the \r before the \n: what it wrote is the JSON text we sent, byte for byte.
       const sentText = new Set(sent.map((s) => s.raw.replace(/\r$/, '')));
-      const written = syslogNg.lines().filter((line) => line.includes('"/ordinary/'));
+      const written = suite.collector.lines().filter((line) => line.includes('"/ordinary/'));
       assert.equal(written.length, exchanges.length);
       for (const line of written) assert.ok(sentText.has(line), `written as sent: ${line.slice(0, 200)}`);
       // Different delimiters, same destination: one client, one connection.
@@ -414,52 +319,8 @@ describe('syslog-ng end to end (network source, json-parser, file destination)',
     'a 200 KiB record arrives whole (log-msg-size raised), and the next one stays separate',
     { skip: SKIP },
     async () => {
-      const app = express();
-      app.use(logger({ host: '127.0.0.1', port: tee.port }));
-      app.get('/large', (_req, res) => {
-        res.send('large ok');
-      });
-      app.get('/large/after', (_req, res) => {
-        res.send('after ok');
-      });
-      const http = await serve(app);
-      const large = await exchange(
-        http.port,
-        'GET',
-        '/large',
-        {},
-        { headers: bulkHeaders(200), route: { path: '/large', base_url: '' } },
-      );
-      const next = await exchange(
-        http.port,
-        'GET',
-        '/large/after?n=1',
-        { n: '1' },
-        { route: { path: '/large/after', base_url: '' } },
-      );
-      assert.equal(large.reply.status, 200);
-      assert.equal(next.reply.status, 200);
-
-      const select = uriStartsWith('/large');
-      const received = await syslogNg.waitForRecords(select, 2);
-      const sent = tee.sent(select);
-      assert.equal(sent.length, 2);
-      assert.ok(
-        Buffer.byteLength(sent[0]!.raw) > 200 * 1024,
-        `the record sent is over 200 KiB (${Buffer.byteLength(sent[0]!.raw)} bytes)`,
-      );
-      assert.equal(received.length, 2, 'two records, not pieces of one');
-      assert.deepEqual(
-        received,
-        sent.map((s) => s.record),
-      );
-      assertRecordOf(received[0]!, large, http.port);
-      assertRecordOf(received[1]!, next, http.port);
-      assert.equal(
-        Object.keys(received[0]!['request']['headers']).filter((name) => name.startsWith('x-bulk-')).length,
-        200,
-      );
-      const outputLine = syslogNg.lines().find((line) => line.includes('"uri":"/large"'));
+      const sent = await sendLargeRecord(suite);
+      const outputLine = suite.collector.lines().find((line) => line.includes('"uri":"/large"'));
       assert.equal(outputLine, sent[0]!.raw.replace(/\r$/, ''), 'written as one line, as sent');
     },
   );
@@ -468,19 +329,19 @@ describe('syslog-ng end to end (network source, json-parser, file destination)',
     'a line that is not JSON goes to the unparsed file; the records around it still parse',
     { skip: SKIP },
     async () => {
-      const from = fileSize(syslogNg.unparsedFile);
+      const from = fileSize(suite.collector.unparsedFile);
       const before = { request: { method: 'GET', uri: '/raw/before' }, response: { status: 200 } };
       const afterIt = { request: { method: 'GET', uri: '/raw/after' }, response: { status: 200 } };
       await sendRaw(
-        syslogNg.port,
+        suite.collector.port,
         `${JSON.stringify(before)}\r\nnot json at all\r\n{"request":{"method":"GET","uri":"/raw/cut"\n${JSON.stringify(afterIt)}\n`,
       );
-      const received = await syslogNg.waitForRecords(uriStartsWith('/raw/'), 2);
+      const received = await suite.collector.waitForRecords(uriStartsWith('/raw/'), 2);
       assert.deepEqual(received, [before, afterIt]);
       const expected = 'not json at all\n{"request":{"method":"GET","uri":"/raw/cut"\n';
-      await until(() => syslogNg.unparsed(from).length >= expected.length, OUTPUT_WAIT_MS, 'the unparsed lines');
-      assert.equal(syslogNg.unparsed(from), expected, 'each line as sent, without its \\r');
-      unparsedChecked = fileSize(syslogNg.unparsedFile);
+      await until(() => suite.collector.unparsed(from).length >= expected.length, OUTPUT_WAIT_MS, 'the unparsed lines');
+      assert.equal(suite.collector.unparsed(from), expected, 'each line as sent, without its \\r');
+      unparsedChecked = fileSize(suite.collector.unparsedFile);
     },
   );
 
@@ -488,36 +349,36 @@ describe('syslog-ng end to end (network source, json-parser, file destination)',
     'a line over log-msg-size is cut into pieces that do not parse (the limit the README sets)',
     { skip: SKIP },
     async () => {
-      const from = fileSize(syslogNg.unparsedFile);
+      const from = fileSize(suite.collector.unparsedFile);
       const base = JSON.stringify({ request: { method: 'GET', uri: '/raw/oversize' }, pad: '' });
       const oversize = JSON.stringify({
         request: { method: 'GET', uri: '/raw/oversize' },
         pad: 'p'.repeat(LOG_MSG_SIZE + 1000 - base.length),
       });
       const afterIt = { request: { method: 'GET', uri: '/raw/oversize-after' }, response: { status: 200 } };
-      await sendRaw(syslogNg.port, `${oversize}\n${JSON.stringify(afterIt)}\n`);
-      const received = await syslogNg.waitForRecords(uriStartsWith('/raw/oversize'), 1);
+      await sendRaw(suite.collector.port, `${oversize}\n${JSON.stringify(afterIt)}\n`);
+      const received = await suite.collector.waitForRecords(uriStartsWith('/raw/oversize'), 1);
       assert.deepEqual(received, [afterIt], 'the record after it parses; the oversize one is not in the output');
       await until(
-        () => syslogNg.unparsed(from).length >= oversize.length,
+        () => suite.collector.unparsed(from).length >= oversize.length,
         OUTPUT_WAIT_MS,
         'the pieces in the unparsed file',
       );
-      const pieces = syslogNg
+      const pieces = suite.collector
         .unparsed(from)
         .split('\n')
         .filter((line) => line !== '');
       assert.ok(pieces.length >= 2, `cut into pieces: ${pieces.map((piece) => piece.length).join(', ')}`);
       assert.equal(pieces.join(''), oversize, 'the pieces, put back together, are the line sent');
       assert.ok(pieces.every((piece) => piece.length <= LOG_MSG_SIZE));
-      unparsedChecked = fileSize(syslogNg.unparsedFile);
+      unparsedChecked = fileSize(suite.collector.unparsedFile);
       // And it does so silently: afterEach finds no warning or error on its stderr.
     },
   );
 
   it('the json-parser\'s fields ("tcplog." prefix) are usable in a template', { skip: SKIP }, async () => {
     const app = express();
-    app.use(logger({ host: '127.0.0.1', port: tee.port }));
+    app.use(logger({ host: '127.0.0.1', port: suite.tee.port }));
     app.get('/fields/:name', (req, res) => {
       res.send(`hello ${req.params['name']}`);
     });
@@ -529,12 +390,12 @@ describe('syslog-ng end to end (network source, json-parser, file destination)',
     assert.equal((await exchange(http.port, 'POST', '/fields/b', {}, { body: 'b' })).reply.status, 201);
     assert.equal((await exchange(http.port, 'GET', '/missing/fields', {})).reply.status, 404);
     await until(
-      () => syslogNg.fields().filter((line) => line.includes('/fields')).length >= 3,
+      () => suite.collector.fields().filter((line) => line.includes('/fields')).length >= 3,
       OUTPUT_WAIT_MS,
       'three lines from the fields template',
     );
     assert.deepEqual(
-      syslogNg.fields().filter((line) => line.includes('/fields')),
+      suite.collector.fields().filter((line) => line.includes('/fields')),
       ['GET 200 /fields/a?x=1 /fields/:name', 'POST 201 /fields/b /fields/:name', 'GET 404 /missing/fields '],
     );
   });
