@@ -63,15 +63,20 @@ const MISUSE =
  * `http.createServer(tcplog)` as a request listener: (req, res).
  */
 function looksLikeRequest(first: unknown, second: unknown): boolean {
-  return (
-    typeof first === 'object' &&
-    first !== null &&
-    'headers' in first &&
-    'method' in first &&
-    typeof second === 'object' &&
-    second !== null &&
-    'setHeader' in second
-  );
+  try {
+    return (
+      typeof first === 'object' &&
+      first !== null &&
+      'headers' in first &&
+      'method' in first &&
+      typeof second === 'object' &&
+      second !== null &&
+      'setHeader' in second
+    );
+  } catch {
+    // A Proxy whose `has` trap throws: not a request; parseOptions() explains what it is.
+    return false;
+  }
 }
 
 /** What a hook's value threw, as an Error for onError. `instanceof` itself may throw (a Proxy). */

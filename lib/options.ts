@@ -4,6 +4,7 @@
  */
 import { isIP } from 'node:net';
 import type { IncomingMessage, ServerResponse } from 'node:http';
+import { X509Certificate } from 'node:crypto';
 import { createSecureContext, type ConnectionOptions } from 'node:tls';
 import {
   PACKAGE,
@@ -544,22 +545,65 @@ function parseTls(
   // Node refuses an IP address as SNI name; the certificate is then checked against `host`.
   const merged: ConnectionOptions = { ...base };
   if (sni !== undefined) merged.servername = sni;
+  const refused = (why: string): TcpLogOptionTypeError =>
+    // Not quoted whole: the options may hold a private key.
+    new TcpLogOptionTypeError(
+      option,
+      value,
+      'true, or tls.connect() options that Node accepts',
+      `options it refuses (${why})`,
+    );
+  // tls.connect() checks these only once its socket exists (servername), or at every connect.
+  if (merged.servername !== undefined && (typeof merged.servername !== 'string' || merged.servername === '')) {
+    throw refused('"servername" must be a non-empty string');
+  }
+  for (const name of ['checkServerIdentity', 'pskCallback'] as const) {
+    if (merged[name] !== undefined && typeof merged[name] !== 'function') throw refused(`"${name}" must be a function`);
+  }
+  if (merged.session !== undefined && !ArrayBuffer.isView(merged.session)) throw refused('"session" must be a Buffer');
   if (merged.secureContext === undefined) {
+    checkCa(merged.ca, refused);
     try {
-      // What tls.connect() would make of them at every connect: a bad CA, key, cipher list or
-      // protocol version is found here rather than when the first record is sent.
+      // What tls.connect() would make of them at every connect: a bad key, certificate, cipher
+      // list or protocol version is found here rather than when the first record is sent.
       createSecureContext(merged);
     } catch (err) {
-      // Not quoted whole: the options may hold a private key.
-      throw new TcpLogOptionTypeError(
-        option,
-        value,
-        'true, or tls.connect() options that Node accepts',
-        `options it refuses (${thrownText(err)})`,
-      );
+      // Node's argument errors quote the value they received (a passphrase, say): not that part.
+      throw refused(thrownText(err).replace(/\.? ?Received [\s\S]*$/, ''));
     }
   }
   return Object.freeze(merged);
+}
+
+/**
+ * Each `ca` entry must hold a PEM certificate: createSecureContext() skips what it cannot read (a
+ * file's path given instead of its content, a DER file), and every connect would then fail the
+ * certificate check.
+ */
+function checkCa(ca: unknown, refused: (why: string) => TcpLogOptionTypeError): void {
+  if (ca === undefined) return;
+  const entries: unknown[] = Array.isArray(ca) ? ca : [ca];
+  entries.forEach((entry, i) => {
+    const where = Array.isArray(ca) ? `"ca[${i}]"` : '"ca"';
+    const text =
+      typeof entry === 'string'
+        ? entry
+        : ArrayBuffer.isView(entry)
+          ? Buffer.from(entry.buffer, entry.byteOffset, entry.byteLength).toString('latin1')
+          : null;
+    if (text === null) throw refused(`${where} must be a PEM string or a Buffer`);
+    const begin = text.indexOf('-----BEGIN CERTIFICATE-----');
+    let readable = begin !== -1;
+    if (readable) {
+      try {
+        new X509Certificate(text.slice(begin));
+      } catch {
+        readable = false;
+      }
+    }
+    if (!readable)
+      throw refused(`${where} holds no PEM certificate Node can read (a file's content is needed, not its path)`);
+  });
 }
 
 /** Ids of the TLS option values compared by identity (see tlsKey()). */
@@ -586,7 +630,10 @@ function tlsKey(tls: Readonly<ConnectionOptions> | null): string {
   return JSON.stringify(tls, function describe(this: Record<string, unknown>, key: string, value: unknown) {
     // `value` is what toJSON() made of it: a Buffer's is an array of numbers, longer than base64.
     const original = this[key];
-    if (Buffer.isBuffer(original)) return `buffer:${original.toString('base64')}`;
+    // Any view (Node takes a Uint8Array or a DataView as well as a Buffer) is data.
+    if (ArrayBuffer.isView(original)) {
+      return `buffer:${Buffer.from(original.buffer, original.byteOffset, original.byteLength).toString('base64')}`;
+    }
     if (typeof value === 'function') return identity(value);
     if (typeof value === 'object' && value !== null && !Array.isArray(value) && !isPlainObject(value)) {
       return identity(value);

@@ -204,7 +204,7 @@ describe('servers option', () => {
     const mw = tcplog({
       servers: [
         // The factory's check (a secure context) takes it; tls.connect() throws on it, every time.
-        { host: '127.0.0.1', port: receiver.port, tls: { session: 'not a session' as unknown as Buffer } },
+        { host: '127.0.0.1', port: receiver.port, tls: { highWaterMark: 'x' } as never },
         `tcp://127.0.0.1:${receiver.port}`,
       ],
       onError: (err) => errors.push(err),
@@ -216,7 +216,7 @@ describe('servers option', () => {
     await receiver.waitForLines(5);
     assert.deepEqual(uris(receiver), [0, 1, 2, 3, 4]);
     assert.ok(errors.length >= 1);
-    assert.equal((errors[0] as { code?: string }).code, 'ERR_INVALID_ARG_TYPE', errors[0]?.message);
+    assert.equal((errors[0] as { code?: string }).code, 'ERR_INVALID_ARG_VALUE', errors[0]?.message);
     await until(() => mw.stats().sent === 5);
   });
 

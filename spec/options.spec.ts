@@ -16,7 +16,7 @@ import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { Socket } from 'node:net';
 import path from 'node:path';
-import { createSecureContext } from 'node:tls';
+import { createSecureContext, rootCertificates } from 'node:tls';
 import { listen, request } from './helpers.js';
 
 const FIXTURES = path.resolve(__dirname, '../../spec/fixtures');
@@ -598,6 +598,49 @@ describe('valid options', () => {
     }
   });
 
+  it('TLS options Node checks only once connecting, or reads silently, are refused by the factory too', () => {
+    const key = readFileSync(path.join(FIXTURES, 'client-key.pem'), 'utf8');
+    const cert = readFileSync(path.join(FIXTURES, 'client-cert.pem'), 'utf8');
+    const refused: Array<[Record<string, unknown>, RegExp]> = [
+      // tls.connect() throws on it after its socket exists: that socket would be lost.
+      [{ servername: 123 }, /"servername" must be a non-empty string/],
+      [{ servername: '' }, /"servername" must be a non-empty string/],
+      [{ checkServerIdentity: 'pin' }, /"checkServerIdentity" must be a function/],
+      [{ session: 'abc' }, /"session" must be a Buffer/],
+      // createSecureContext() skips what it cannot read: every connect would fail verification.
+      [{ ca: '/etc/ssl/certs/ca.pem' }, /"ca" holds no PEM certificate Node can read/],
+      [{ ca: [readFileSync(path.join(FIXTURES, 'ca-cert.pem'), 'utf8'), key] }, /"ca\[1\]" holds no PEM certificate/],
+      [{ ca: 42 }, /"ca" must be a PEM string or a Buffer/],
+    ];
+    for (const [tls, message] of refused) {
+      assert.throws(
+        () => make({ ...VALID, tls }),
+        (err: unknown) => err instanceof TypeError && message.test(err.message),
+      );
+    }
+    // Node's argument errors quote the value they received: a passphrase is not repeated.
+    assert.throws(
+      () => make({ ...VALID, tls: { key, cert, passphrase: 20240611 } }),
+      (err: unknown) => {
+        assert.ok(err instanceof TypeError);
+        assert.match(err.message, /passphrase/);
+        assert.equal(err.message.includes('20240611'), false, err.message);
+        return true;
+      },
+    );
+    // What people give is still taken: a bundle, Buffers, Uint8Arrays, the system's roots.
+    const ca = readFileSync(path.join(FIXTURES, 'ca-cert.pem'), 'utf8');
+    const other = readFileSync(path.join(FIXTURES, 'other-ca-cert.pem'), 'utf8');
+    for (const tls of [
+      { ca: ca + other },
+      { ca: Buffer.from(ca) },
+      { ca: new Uint8Array(Buffer.from(ca)) },
+      { ca: [...rootCertificates] },
+    ]) {
+      make({ ...VALID, tls });
+    }
+  });
+
   it('TLS options that are not data (a context, a function) share a connection only when they are the same object', () => {
     const key = (tls: Record<string, unknown>): string => parseOptions({ ...VALID, tls }).destination.key;
     const context = createSecureContext({});
@@ -611,8 +654,12 @@ describe('valid options', () => {
     assert.notEqual(key({ checkServerIdentity: pinA }), key({ checkServerIdentity: pinned('BB') }));
     assert.equal(key({ checkServerIdentity: pinA }), key({ checkServerIdentity: pinA }));
     // Data is compared by value.
-    assert.equal(key({ ca: Buffer.from('x') }), key({ ca: Buffer.from('x') }));
-    assert.notEqual(key({ ca: Buffer.from('x') }), key({ ca: Buffer.from('y') }));
+    const pem = readFileSync(path.join(FIXTURES, 'ca-cert.pem'));
+    const otherPem = readFileSync(path.join(FIXTURES, 'other-ca-cert.pem'));
+    assert.equal(key({ ca: Buffer.from(pem) }), key({ ca: Buffer.from(pem) }));
+    assert.notEqual(key({ ca: pem }), key({ ca: otherPem }));
+    // Any view of bytes is data (Node takes a Uint8Array as a Buffer).
+    assert.equal(key({ ca: new Uint8Array(pem) }), key({ ca: new Uint8Array(pem) }));
   });
 
   it('keeps onError', () => {
@@ -722,6 +769,16 @@ describe('unknown option names', () => {
         },
       },
     );
+    const hasTrap = new Proxy(
+      { ...VALID },
+      {
+        has() {
+          throw new Error('has trap');
+        },
+      },
+    );
+    // The factory's check for http.createServer(tcplog) uses `in`: a trap there is not a request.
+    assert.equal(typeof make(hasTrap), 'function');
     for (const [options, reason] of [
       [getter, 'vault sealed'],
       [trap, 'trap'],
