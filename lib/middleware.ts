@@ -72,6 +72,17 @@ interface SocketMarks {
    * listens for the socket's 'close'.
    */
   announced: boolean;
+  /**
+   * The socket's libuv handle, kept to read its write queue when the connection fails (Node drops
+   * its own reference first). Plain TCP only: over TLS the queue holds encrypted bytes, which do
+   * not compare with `bytesWritten`. Null when not read.
+   */
+  handle: { readonly writeQueueSize?: unknown } | null;
+  /**
+   * Bytes `bytesWritten` counts that were still queued in the process when the connection failed:
+   * they never went out (a client that left in the middle of a `res.send()` of 50 MB).
+   */
+  unsent: number;
 }
 
 type WriteHead = ServerResponse['writeHead'];
@@ -161,9 +172,17 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
       lastEnd: unloggedEnds.get(socket) ?? socket.bytesWritten,
       waiting: null,
       announced: exchange.sent !== null || announcesFinish(res),
+      handle: null,
+      unsent: 0,
     };
     marksBySocket.set(socket, marks);
-    if (marks.announced) socket.on('close', onSocketClose);
+    if (marks.announced) {
+      socket.on('close', onSocketClose);
+      if (!(socket as { encrypted?: boolean }).encrypted) {
+        marks.handle = (socket as { _handle?: SocketMarks['handle'] })._handle ?? null;
+        if (marks.handle !== null) socket.on('error', onSocketError);
+      }
+    }
   }
   exchange.instance = instance;
   exchange.mountedAt = req.baseUrl ?? '';
@@ -318,6 +337,16 @@ function onSocketClose(this: Socket): void {
   for (const exchange of waiting) buildAndSend(exchange.res);
 }
 
+/**
+ * A connection failed (the client reset it): what is still in the handle's write queue never goes
+ * out. Read now, while the queue holds it: by 'close' the writes are cancelled and it reads 0.
+ */
+function onSocketError(this: Socket): void {
+  const marks = marksBySocket.get(this);
+  const queued = marks?.handle?.writeQueueSize;
+  if (marks !== undefined && typeof queued === 'number' && queued > 0) marks.unsent = queued;
+}
+
 /** A body comes only with Content-Length or Transfer-Encoding (RFC 9112, 6.3). */
 function mayHaveBody(req: IncomingMessage): boolean {
   const raw = req.rawHeaders;
@@ -426,7 +455,8 @@ function settle(exchange: LiveExchange): void {
   if (exchange.endedAt !== -1) return;
   const { socket } = exchange;
   const marks = marksBySocket.get(socket);
-  const written = socket.bytesWritten;
+  // What went out: not what was still queued when the connection failed.
+  const written = socket.bytesWritten - (marks?.unsent ?? 0);
   const start = exchange.writtenAtStart !== -1 ? exchange.writtenAtStart : (marks?.lastEnd ?? 0);
   if (marks) {
     marks.open--;
@@ -440,7 +470,8 @@ function settle(exchange: LiveExchange): void {
     }
   }
   exchange.endedAt = performance.now();
-  const bytes = written - start;
+  // An earlier response on the connection may have been queued too: never below nothing.
+  const bytes = Math.max(0, written - start);
   exchange.responseBytes = Number.isFinite(bytes) ? bytes : declaredLength(exchange.res);
 }
 

@@ -718,6 +718,9 @@ describe('request_uri without a Host header, on an IPv6 socket', () => {
   });
 });
 
+/** 50 MiB: far more than loopback's socket buffers take. */
+const EXPORT_BYTES = 50 * 1024 * 1024;
+
 describe('what the client got, when some of the response never went out', () => {
   let receiver: LineServer;
   let http: Listening;
@@ -760,6 +763,10 @@ describe('what the client got, when some of the response never went out', () => 
       res.writeHead(201, { 'x-late': 'y' });
       arrivals.emit('head-only');
     });
+    app.get('/export', (_req, res) => {
+      // An export built in memory, sent in one write: most of it waits in the process.
+      res.type('application/octet-stream').end(Buffer.alloc(EXPORT_BYTES, 0x61));
+    });
     http = await listen(app);
   });
 
@@ -779,6 +786,29 @@ describe('what the client got, when some of the response never went out', () => 
     await once(socket, 'close');
     assert.equal(received, 0, 'the client got nothing');
   }
+
+  it('a client that leaves in the middle of one big write: the size is what went out, not what was queued', async () => {
+    const socket = net.connect(http.port, '127.0.0.1');
+    await once(socket, 'connect');
+    let received = 0;
+    const enough = new Promise<void>((resolve) => {
+      socket.on('data', (chunk: Buffer) => {
+        received += chunk.length;
+        if (received >= 100 * 1024) resolve();
+      });
+    });
+    socket.write('GET /export HTTP/1.1\r\nHost: h\r\n\r\n');
+    await enough;
+    // A reset, as a browser's cancelled download gives: the server's next write fails.
+    socket.resetAndDestroy();
+    await receiver.waitForLines(receiver.lines.length + 1);
+    const record = receiver.records().find((r) => r['request'].uri === '/export') as Json;
+    assert.equal(record['response'].status, 200);
+    const size = record['response'].size as number;
+    assert.ok(size >= received, `at least what the client got (${received}): ${size}`);
+    // The kernel takes a few MiB at most on loopback; the rest never left the process.
+    assert.ok(size < EXPORT_BYTES / 4, `${size} bytes of the ${EXPORT_BYTES} queued`);
+  });
 
   it('a head made by writeHead() but never sent: no status, no headers, no proxy latency', async () => {
     await abandon('/head-only', 'head-only');
