@@ -145,11 +145,11 @@ class SyslogNg extends CollectorProcess {
     );
   }
 
-  /** What syslog-ng printed about itself (starts, connections, warnings, errors). */
   protected diagnostics(): string {
     return `stderr: ${this.stderrText.slice(-1000)}`;
   }
 
+  /** What syslog-ng printed about itself (starts, connections, warnings, errors). */
   get stderr(): string {
     return this.stderrText;
   }
