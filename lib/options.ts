@@ -554,9 +554,8 @@ function parseTls(
       `options it refuses (${why})`,
     );
   // tls.connect() checks these only once its socket exists (servername), or at every connect.
-  if (merged.servername !== undefined && (typeof merged.servername !== 'string' || merged.servername === '')) {
-    throw refused('"servername" must be a non-empty string');
-  }
+  // Node skips a falsy servername or ca (`ca: env.CA ? read(...) : null`), so these checks do.
+  if (merged.servername && typeof merged.servername !== 'string') throw refused('"servername" must be a string');
   for (const name of ['checkServerIdentity', 'pskCallback'] as const) {
     if (merged[name] !== undefined && typeof merged[name] !== 'function') throw refused(`"${name}" must be a function`);
   }
@@ -581,7 +580,7 @@ function parseTls(
  * certificate check.
  */
 function checkCa(ca: unknown, refused: (why: string) => TcpLogOptionTypeError): void {
-  if (ca === undefined) return;
+  if (!ca) return;
   const entries: unknown[] = Array.isArray(ca) ? ca : [ca];
   entries.forEach((entry, i) => {
     const where = Array.isArray(ca) ? `"ca[${i}]"` : '"ca"';
@@ -592,7 +591,8 @@ function checkCa(ca: unknown, refused: (why: string) => TcpLogOptionTypeError): 
           ? Buffer.from(entry.buffer, entry.byteOffset, entry.byteLength).toString('latin1')
           : null;
     if (text === null) throw refused(`${where} must be a PEM string or a Buffer`);
-    const begin = text.indexOf('-----BEGIN CERTIFICATE-----');
+    // OpenSSL's trusted form (Fedora's bundle) and the old X509 label are certificates too.
+    const begin = /-----BEGIN (?:TRUSTED |X509 )?CERTIFICATE-----/.exec(text)?.index ?? -1;
     let readable = begin !== -1;
     if (readable) {
       try {

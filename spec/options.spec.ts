@@ -603,8 +603,7 @@ describe('valid options', () => {
     const cert = readFileSync(path.join(FIXTURES, 'client-cert.pem'), 'utf8');
     const refused: Array<[Record<string, unknown>, RegExp]> = [
       // tls.connect() throws on it after its socket exists: that socket would be lost.
-      [{ servername: 123 }, /"servername" must be a non-empty string/],
-      [{ servername: '' }, /"servername" must be a non-empty string/],
+      [{ servername: 123 }, /"servername" must be a string/],
       [{ checkServerIdentity: 'pin' }, /"checkServerIdentity" must be a function/],
       [{ session: 'abc' }, /"session" must be a Buffer/],
       // createSecureContext() skips what it cannot read: every connect would fail verification.
@@ -631,11 +630,19 @@ describe('valid options', () => {
     // What people give is still taken: a bundle, Buffers, Uint8Arrays, the system's roots.
     const ca = readFileSync(path.join(FIXTURES, 'ca-cert.pem'), 'utf8');
     const other = readFileSync(path.join(FIXTURES, 'other-ca-cert.pem'), 'utf8');
+    const trusted = ca
+      .replace('-----BEGIN CERTIFICATE-----', '-----BEGIN TRUSTED CERTIFICATE-----')
+      .replace('-----END CERTIFICATE-----', '-----END TRUSTED CERTIFICATE-----');
     for (const tls of [
       { ca: ca + other },
       { ca: Buffer.from(ca) },
       { ca: new Uint8Array(Buffer.from(ca)) },
       { ca: [...rootCertificates] },
+      // OpenSSL's trusted form, as Fedora's bundle has it, is a certificate too.
+      { ca: trusted },
+      // Falsy is "not given", as Node takes it: `ca: env.CA ? read(env.CA) : null`.
+      { ca: null, servername: null },
+      { ca: false, servername: '' },
     ]) {
       make({ ...VALID, tls });
     }
