@@ -341,10 +341,17 @@ function onSocketClose(this: Socket): void {
  * A connection failed (the client reset it): what is still in the handle's write queue never goes
  * out. Read now, while the queue holds it: by 'close' the writes are cancelled and it reads 0.
  */
-function onSocketError(this: Socket): void {
+function onSocketError(this: Socket, err: unknown): void {
   const marks = marksBySocket.get(this);
   const queued = marks?.handle?.writeQueueSize;
   if (marks !== undefined && typeof queued === 'number' && queued > 0) marks.unsent = queued;
+  // Alone, this listener would make an error handled that was not: the socket's owner has let it
+  // go (Node's server hands an upgraded socket to its 'upgrade' handler with no listener of its
+  // own). It stays unhandled, thrown from the emit as it would be without this module.
+  if (this.listenerCount('error') === 1) {
+    this.removeListener('error', onSocketError);
+    throw err;
+  }
 }
 
 /** A body comes only with Content-Length or Transfer-Encoding (RFC 9112, 6.3). */

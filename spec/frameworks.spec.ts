@@ -330,6 +330,45 @@ describe('once every instance is closed', () => {
   });
 });
 
+describe("a socket handed to an 'upgrade' handler", () => {
+  it("its errors stay the handler's: unhandled when it has no listener, as without the logger", async () => {
+    // In a process of its own: the error is meant to be uncaught there.
+    const lib = path.resolve(__dirname, '../lib/index.js');
+    const script = `
+      const http = require('node:http');
+      const net = require('node:net');
+      const receiver = net.createServer((s) => s.resume()).listen(0, '127.0.0.1', () => {
+        const mw = require(${JSON.stringify(lib)})({ host: '127.0.0.1', port: receiver.address().port, onError() {} });
+        const server = http.createServer((req, res) => mw(req, res, () => res.end('plain')));
+        // Many 'upgrade' handlers add no 'error' listener.
+        server.on('upgrade', (req, socket) => {
+          socket.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: test\\r\\nConnection: Upgrade\\r\\n\\r\\n');
+          socket.resume();
+          process.on('uncaughtException', (err) => {
+            console.log(JSON.stringify({ uncaught: err.code, listeners: socket.listenerCount('error') }));
+            process.exit(0);
+          });
+          client.resetAndDestroy();
+          setTimeout(() => { console.log(JSON.stringify({ uncaught: null })); process.exit(0); }, 2000);
+        });
+        let client;
+        server.listen(0, '127.0.0.1', () => {
+          client = net.connect(server.address().port, '127.0.0.1', () => {
+            // A logged request first, on the same connection: the logger has its listeners on it.
+            client.write('GET /before HTTP/1.1\\r\\nHost: h\\r\\n\\r\\n');
+            client.once('data', () =>
+              client.write('GET /ws HTTP/1.1\\r\\nHost: h\\r\\nConnection: Upgrade\\r\\nUpgrade: test\\r\\n\\r\\n'),
+            );
+          });
+          client.on('error', () => {});
+        });
+      });`;
+    const { code, output } = await runNode(script);
+    assert.equal(code, 0, output);
+    assert.deepEqual(JSON.parse(output), { uncaught: 'ECONNRESET', listeners: 0 });
+  });
+});
+
 describe('never keeps the process alive', () => {
   it('an Express app logging to a dead server exits on its own once its HTTP server closes', async () => {
     const deadPort = await freePort();
