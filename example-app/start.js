@@ -27,7 +27,7 @@ function usage() {
     '  --collector URL  send records to this collector instead of the built-in receiver',
     '                   (also: TCPLOG_COLLECTOR=URL); several, comma-separated, fail over in order',
     '  --lf             end records with "\\n" instead of "\\r\\n" (Logstash, Fluentd, Fluent Bit,',
-    '                   Vector, syslog-ng); also: TCPLOG_DELIMITER=lf',
+    '                   Vector); also: TCPLOG_DELIMITER=lf',
     '  --json           the built-in receiver prints raw JSON (also: TCPLOG_RECEIVER_JSON=1)',
     '  PORT=N           port of the example app (default 3000)',
   ].join('\n');

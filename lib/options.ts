@@ -66,7 +66,8 @@ export interface TcpLogOptions {
    * (`'nested.keys'`), `\\.` escapes a literal dot, and a function returning `undefined` removes the
    * field (`route: () => undefined`). Called when the response finishes, and must return its
    * value then (not a Promise); one that throws, or returns what JSON cannot hold (a BigInt, a
-   * cycle, a function), leaves that field out and is reported once (Kong's `custom_fields_by_lua`).
+   * cycle, a function, a Symbol), leaves that field out and is reported once (Kong's
+   * `custom_fields_by_lua`).
    * The value is read once, when it is returned.
    */
   customFields?: Record<string, CustomFieldFunction>;
@@ -87,10 +88,11 @@ export interface TcpLogOptions {
   /**
    * Called with each connection problem (a `TcpLogDeliveryError`; `EDROPPED` when `close()` gave
    * up on records), and once per failing `skip`, `consumer` or `customFields` entry (a plain
-   * `Error`). Never called from the request path; an exception it throws, or a Promise it returns
-   * that rejects, is ignored. Instances sharing a destination each hear its connection problems.
+   * `Error`), and with what made a record impossible to build. Never called from the request
+   * path; an exception it throws, or a Promise it returns that rejects, is ignored. Instances
+   * sharing a destination each hear its connection problems.
    * @default warnings on stderr: once when delivery starts failing and once when it recovers, once
-   * when `close()` drops records, once per failing hook
+   * when `close()` drops records, once per failing hook, once if a record cannot be built
    */
   onError?: (err: Error) => unknown;
 }
@@ -254,7 +256,7 @@ function readOptions(target: unknown, more: unknown): Settings {
     consumer: parseFunction<NonNullable<Hooks['consumer']>>(
       'consumer',
       options['consumer'],
-      'a function (req) => object | string | undefined',
+      'a function (req) => object | string | number | null | undefined',
     ),
     customFields: parseCustomFields(options['customFields']),
   });

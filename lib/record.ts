@@ -73,8 +73,8 @@ export interface TcpLogRecord {
   };
   api?: Record<string, unknown>;
   route?: { path: string; base_url: string };
-  /** What the `consumer` option returned for this request, when it returned something. */
-  consumer?: Record<string, unknown> | string;
+  /** What the `consumer` option returned for this request: an object, or `{ id }` for a string or a number. */
+  consumer?: Record<string, unknown>;
   started_at: number;
   client_ip?: string;
 }

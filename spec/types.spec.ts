@@ -202,7 +202,8 @@ describe('public types', () => {
     expectTypeOf<TcpLogRecord['started_at']>().toEqualTypeOf<number>();
     expectTypeOf<TcpLogRecord['client_ip']>().toEqualTypeOf<string | undefined>();
     expectTypeOf<Request['id']>().toEqualTypeOf<string | undefined>();
-    expectTypeOf<TcpLogRecord['consumer']>().toEqualTypeOf<Record<string, unknown> | string | undefined>();
+    // A string or a number the option returns is logged as { id }.
+    expectTypeOf<TcpLogRecord['consumer']>().toEqualTypeOf<Record<string, unknown> | undefined>();
     expectTypeOf<RequiredKeys<TcpLogRecord>>().toEqualTypeOf<'request' | 'response' | 'latencies' | 'started_at'>();
 
     // A record as received parses into the type.
