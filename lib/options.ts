@@ -558,10 +558,14 @@ function parseTls(
   // tls.connect() checks these only once its socket exists (servername), or at every connect.
   // Node skips a falsy servername or ca (`ca: env.CA ? read(...) : null`), so these checks do.
   if (merged.servername && typeof merged.servername !== 'string') throw refused('"servername" must be a string');
-  for (const name of ['checkServerIdentity', 'pskCallback'] as const) {
-    if (merged[name] !== undefined && typeof merged[name] !== 'function') throw refused(`"${name}" must be a function`);
+  // As Node does: it takes no null checkServerIdentity, but a null pskCallback or session is none.
+  if (merged.checkServerIdentity !== undefined && typeof merged.checkServerIdentity !== 'function') {
+    throw refused('"checkServerIdentity" must be a function');
   }
-  if (merged.session !== undefined && !ArrayBuffer.isView(merged.session)) throw refused('"session" must be a Buffer');
+  if (merged.pskCallback != null && typeof merged.pskCallback !== 'function') {
+    throw refused('"pskCallback" must be a function');
+  }
+  if (merged.session && !ArrayBuffer.isView(merged.session)) throw refused('"session" must be a Buffer');
   if (merged.secureContext === undefined) {
     checkCa(merged.ca, refused);
     try {

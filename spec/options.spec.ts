@@ -643,6 +643,7 @@ describe('valid options', () => {
       // Falsy is "not given", as Node takes it: `ca: env.CA ? read(env.CA) : null`.
       { ca: null, servername: null },
       { ca: false, servername: '' },
+      { session: null, pskCallback: null },
     ]) {
       make({ ...VALID, tls });
     }
