@@ -7,15 +7,13 @@
  */
 import net from 'node:net';
 import tls from 'node:tls';
-import { TcpLogDeliveryError, tell, type ErrorHandler } from './errors.js';
+import { TcpLogDeliveryError, asError, tell, type ErrorHandler } from './errors.js';
 import type { DestinationSettings, ServerSettings } from './options.js';
 import type { RecordSink } from './middleware.js';
 import { RecordQueue, type Batch } from './queue.js';
 import type { TcpLogStats } from './stats.js';
 
 export type { TcpLogStats } from './stats.js';
-
-type Reporter = ErrorHandler;
 
 /** Bytes per write: big enough to coalesce thousands of records, small enough to keep latency. */
 const BATCH_BYTES = 64 * 1024;
@@ -100,7 +98,7 @@ export class TcpLogClient implements RecordSink {
    * Each instance's onError, with how many instances gave it: one function shared by two
    * instances is called once per problem, and stays until the last of them closes.
    */
-  readonly #reporters = new Map<Reporter, number>();
+  readonly #reporters = new Map<ErrorHandler, number>();
   /** Instances relying on the default report (once per outage). */
   #defaultReporters = 0;
   #failing = false;
@@ -114,12 +112,12 @@ export class TcpLogClient implements RecordSink {
   }
 
   /** Registers how one instance wants errors reported (`null`: the default warning). */
-  addReporter(reporter: Reporter | null): void {
+  addReporter(reporter: ErrorHandler | null): void {
     if (reporter) this.#reporters.set(reporter, (this.#reporters.get(reporter) ?? 0) + 1);
     else this.#defaultReporters++;
   }
 
-  removeReporter(reporter: Reporter | null): void {
+  removeReporter(reporter: ErrorHandler | null): void {
     if (reporter) {
       const count = (this.#reporters.get(reporter) ?? 0) - 1;
       if (count > 0) this.#reporters.set(reporter, count);
@@ -204,13 +202,7 @@ export class TcpLogClient implements RecordSink {
       socket.removeAllListeners('error');
       socket.on('error', ignoreError);
       if (connection === this.#probe || pending) socket.destroy();
-      else {
-        socket.end();
-        // A collector that keeps its side open would keep the socket (a descriptor) for good.
-        const destroyLater = setTimeout(() => socket.destroy(), this.settings.timeout);
-        destroyLater.unref();
-        socket.once('close', () => clearTimeout(destroyLater));
-      }
+      else endThenDestroy(socket, this.settings.timeout);
       socket.unref();
     }
     this.#active = null;
@@ -404,10 +396,8 @@ export class TcpLogClient implements RecordSink {
     // otherwise hold the records that come next until it closed. It gets `timeout` to close.
     this.#active = null;
     this.#retired.add(connection);
-    const { socket } = connection;
-    connection.stallTimer = this.#timer(() => socket.destroy(), this.settings.timeout, true);
-    socket.setTimeout(0);
-    socket.end();
+    connection.socket.setTimeout(0);
+    connection.stallTimer = endThenDestroy(connection.socket, this.settings.timeout);
   }
 
   #onClose(connection: Connection): void {
@@ -596,7 +586,6 @@ export class TcpLogClient implements RecordSink {
   }
 }
 
-/** Equal jitter: at least half the step, so a crowd of clients does not return in lockstep. */
 /**
  * A socket to `server`. TLS options Node refuses only when connecting (the factory checks what
  * it can) give a socket that fails at once: reported, retried and failed over like any other
@@ -608,10 +597,24 @@ function connectTo(server: ServerSettings): net.Socket {
     return server.tls ? tls.connect({ ...server.tls, host, port }) : net.connect({ host, port });
   } catch (err) {
     const socket = new net.Socket();
-    process.nextTick(() => socket.destroy(err instanceof Error ? err : new Error(String(err))));
+    process.nextTick(() => socket.destroy(asError(err)));
     return socket;
   }
 }
+
+/**
+ * Ends `socket` gracefully, and destroys it after `ms` if the collector keeps its side open:
+ * otherwise it would keep the socket (a descriptor) for good. The timer never holds the process.
+ */
+function endThenDestroy(socket: net.Socket, ms: number): NodeJS.Timeout {
+  const timer = setTimeout(() => socket.destroy(), ms);
+  timer.unref();
+  socket.once('close', () => clearTimeout(timer));
+  socket.end();
+  return timer;
+}
+
+/** Equal jitter: at least half the step, so a crowd of clients does not return in lockstep. */
 
 function jitter(ms: number): number {
   return Math.round(ms / 2 + Math.random() * (ms / 2));

@@ -56,6 +56,21 @@ export function isThenable(value: unknown): value is PromiseLike<unknown> {
 
 function ignore(): void {}
 
+/** Catches a Promise's rejection: left unhandled, it would end the process. */
+export function ignoreRejection(value: PromiseLike<unknown>): void {
+  value.then(undefined, ignore);
+}
+
+/** What a user's function threw, as an Error. `instanceof` itself may throw (a Proxy). */
+export function asError(thrown: unknown): Error {
+  try {
+    if (thrown instanceof Error) return thrown;
+  } catch {
+    // Not an Error, then.
+  }
+  return new Error(thrownText(thrown), { cause: thrown });
+}
+
 /** The user's `onError` (may be async). */
 export type ErrorHandler = (err: Error) => unknown;
 
@@ -66,7 +81,7 @@ export type ErrorHandler = (err: Error) => unknown;
 export function tell(onError: ErrorHandler, error: Error): void {
   try {
     const result: unknown = onError(error);
-    if (isThenable(result)) result.then(undefined, ignore);
+    if (isThenable(result)) ignoreRejection(result);
   } catch {
     // A throwing onError must not reach the app either.
   }

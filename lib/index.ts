@@ -9,6 +9,7 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 import {
   TcpLogDeliveryError,
   PACKAGE,
+  asError,
   TcpLogOptionRangeError,
   TcpLogOptionTypeError,
   tell,
@@ -77,16 +78,6 @@ function looksLikeRequest(first: unknown, second: unknown): boolean {
     // A Proxy whose `has` trap throws: not a request; parseOptions() explains what it is.
     return false;
   }
-}
-
-/** What a hook's value threw, as an Error for onError. `instanceof` itself may throw (a Proxy). */
-function asError(thrown: unknown): Error {
-  try {
-    if (thrown instanceof Error) return thrown;
-  } catch {
-    // Not an Error, then.
-  }
-  return new Error(thrownText(thrown), { cause: thrown });
 }
 
 /** To the user's onError (which may not throw into us), else as a process warning when given one. */

@@ -15,7 +15,7 @@ import diagnostics from 'node:diagnostics_channel';
 import { ServerResponse, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
-import { PACKAGE, isThenable, show, thrownText } from './errors.js';
+import { PACKAGE, ignoreRejection, isThenable, show, thrownText } from './errors.js';
 import type { Hooks, RecordSettings } from './options.js';
 import { REQUEST_ID, type CapturedExchange, type CapturedResponse, type CustomValue, type Extras } from './record.js';
 import { writeRecord } from './serialize.js';
@@ -570,8 +570,6 @@ function buildAndSend(res: TrackedResponse): void {
 
 const FAILED = Symbol('hook failed');
 
-function ignore(): void {}
-
 /**
  * Calls a user function; a throw is reported once and never reaches the app. The record is built
  * as the response finishes and cannot wait: a function that returns a Promise is reported, and
@@ -581,7 +579,7 @@ function callHook(instance: Instance, hook: string, call: () => unknown): unknow
   try {
     const value = call();
     if (!isThenable(value)) return value;
-    value.then(undefined, ignore);
+    ignoreRejection(value);
     instance.reportHook(
       hook,
       new Error(`${PACKAGE}: ${hook} returned a Promise; it must return its value synchronously`),
