@@ -432,4 +432,89 @@ describe('never keeps the process alive', () => {
       stalled.close();
     }
   });
+
+  it('a fail-back probe opened while close() flushes does not hold the process afterwards', async () => {
+    // The preferred server refuses at first, so records go to the backup, which stops reading:
+    // close() has to wait. The fail-back probe (2.5-5 s after the backup opened) then finds the
+    // preferred server back, but its TLS handshake is never answered. Once the backup reads again
+    // and close() resolves, a second instance keeps the shared client, with the probe still
+    // pending: that probe must not keep the process alive until its connect times out (20 s).
+    const lib = path.resolve(__dirname, '../lib/index.js');
+    const fixtures = path.resolve(__dirname, '../../spec/fixtures');
+    const script = `
+      const fs = require('node:fs');
+      const net = require('node:net');
+      const tls = require('node:tls');
+      const { performance } = require('node:perf_hooks');
+      const express = require('express');
+      const tcplog = require(${JSON.stringify(lib)});
+      const pem = (name) => fs.readFileSync(${JSON.stringify(fixtures)} + '/' + name, 'utf8');
+      const listening = (server, port) =>
+        new Promise((resolve) => server.listen(port, '127.0.0.1', () => resolve(server.address().port)));
+      const backupSockets = [];
+      const backup = tls.createServer({ key: pem('server-key.pem'), cert: pem('server-cert.pem') }, (socket) => {
+        socket.on('error', () => {});
+        socket.pause();
+        backupSockets.push(socket);
+      });
+      const preferred = net.createServer((socket) => {
+        // The probe: its handshake is never answered; the backup may read again.
+        socket.on('error', () => {});
+        socket.unref();
+        console.log('probe');
+        for (const s of backupSockets) s.resume();
+      });
+      (async () => {
+        const preferredPort = await listening(preferred, 0);
+        await new Promise((resolve) => preferred.close(resolve));
+        const backupPort = await listening(backup, 0);
+        const ca = pem('ca-cert.pem');
+        const options = {
+          servers: [{ host: '127.0.0.1', port: preferredPort, tls: { ca } }, { host: '127.0.0.1', port: backupPort, tls: { ca } }],
+          timeout: 20000,
+          maxBufferBytes: 64 * 1024 * 1024,
+          onError() {},
+        };
+        const pad = 'x'.repeat(1024 * 1024);
+        const a = tcplog({ ...options, customFields: { pad: (req) => (req.path === '/big' ? pad : undefined) } });
+        const b = tcplog(options);
+        const app = express();
+        app.use(a);
+        app.get('*splat', (req, res) => res.send('ok'));
+        const server = app.listen(0, '127.0.0.1');
+        await new Promise((resolve) => server.once('listening', resolve));
+        const url = 'http://127.0.0.1:' + server.address().port;
+        const opened = new Promise((resolve) => backup.once('secureConnection', resolve));
+        await (await fetch(url + '/first')).text();
+        await opened;
+        await listening(preferred, preferredPort);
+        // About 16 MB: more than the kernel's buffers take while the backup does not read.
+        await Promise.all(Array.from({ length: 16 }, () => fetch(url + '/big').then((r) => r.text())));
+        server.closeAllConnections();
+        server.close();
+        console.log('closing');
+        await a.close();
+        const stats = a.stats();
+        backup.close();
+        preferred.close();
+        for (const s of backupSockets) s.unref();
+        const closedAt = performance.now();
+        process.on('exit', () => {
+          console.log(JSON.stringify({ stats, exitAfterMs: Math.round(performance.now() - closedAt) }));
+        });
+        void b;
+      })();`;
+    const { code, signal, output } = await runNode(script);
+    assert.equal(signal, null, `the child had to be killed: it did not exit by itself. Output: ${output}`);
+    assert.equal(code, 0, output);
+    const lines = output.trim().split('\n');
+    assert.deepEqual(
+      lines.slice(0, 2),
+      ['closing', 'probe'],
+      `the probe opened while close() waited. Output: ${output}`,
+    );
+    const result = JSON.parse(lines.at(-1) ?? '') as { stats: tcplog.TcpLogStats; exitAfterMs: number };
+    assert.deepEqual([result.stats.records, result.stats.sent], [17, 17], output);
+    assert.ok(result.exitAfterMs < 5_000, `exited ${result.exitAfterMs} ms after close() resolved`);
+  });
 });
