@@ -62,6 +62,8 @@ interface Connection {
   stallTimer: NodeJS.Timeout | null;
   /** Once the connection has lasted PROVEN_MS: the backoff starts again, an outage is over. */
   provenTimer: NodeJS.Timeout | null;
+  /** TLS 1.3: how long to wait for the server to show it accepted the client (TLS13_ACCEPT_MS). */
+  acceptTimer: NodeJS.Timeout | null;
   /** When it opened (performance.now()), or -1. */
   openedAt: number;
   /** It stalled: it did not work, whatever it confirmed. */
@@ -238,6 +240,7 @@ export class TcpLogClient implements RecordSink {
       connectTimer: null,
       stallTimer: null,
       provenTimer: null,
+      acceptTimer: null,
       openedAt: -1,
       failed: false,
       failedEarly: false,
@@ -289,15 +292,15 @@ export class TcpLogClient implements RecordSink {
       if (done) return;
       done = true;
       socket.off('session', onSession);
-      if (connection.provenTimer) clearTimeout(connection.provenTimer);
-      connection.provenTimer = null;
+      if (connection.acceptTimer) clearTimeout(connection.acceptTimer);
+      connection.acceptTimer = null;
       if (!socket.destroyed) this.#onOpen(connection);
     };
     // 'session' comes from inside OpenSSL's read: writing there broke the stream (bad record MAC).
     const onSession = (): void => void setImmediate(accepted);
     socket.on('session', onSession);
     // Within the connect timeout, which still runs: a short `timeout` must not fail every connection.
-    connection.provenTimer = this.#timer(accepted, Math.min(TLS13_ACCEPT_MS, this.settings.timeout / 2), probe);
+    connection.acceptTimer = this.#timer(accepted, Math.min(TLS13_ACCEPT_MS, this.settings.timeout / 2), probe);
   }
 
   #connect(): void {
@@ -572,8 +575,9 @@ export class TcpLogClient implements RecordSink {
   #clearConnectionTimers(connection: Connection): void {
     if (connection.connectTimer) clearTimeout(connection.connectTimer);
     connection.connectTimer = null;
-    if (connection.provenTimer) clearTimeout(connection.provenTimer);
+    for (const timer of [connection.provenTimer, connection.acceptTimer]) if (timer) clearTimeout(timer);
     connection.provenTimer = null;
+    connection.acceptTimer = null;
     this.#clearStall(connection);
   }
 
