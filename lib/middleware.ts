@@ -17,7 +17,14 @@ import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { PACKAGE, ignoreRejection, isThenable, show, thrownText } from './errors.js';
 import type { Hooks, RecordSettings } from './options.js';
-import { REQUEST_ID, type CapturedExchange, type CapturedResponse, type CustomValue, type Extras } from './record.js';
+import {
+  REQUEST_ID,
+  headerText,
+  type CapturedExchange,
+  type CapturedResponse,
+  type CustomValue,
+  type Extras,
+} from './record.js';
 import { writeRecord } from './serialize.js';
 
 /** What Express (4 or 5) adds to a request; Connect and bare `http` have none of it. */
@@ -83,6 +90,11 @@ interface SocketMarks {
    * they never went out (a client that left in the middle of a `res.send()` of 50 MB).
    */
   unsent: number;
+  /**
+   * The socket's own end, `address:port`, for a request without a Host header (HTTP/1.0). Read
+   * when the connection's first logged request came: once the socket is gone, Node forgets it.
+   */
+  readonly localHost: string;
 }
 
 type WriteHead = ServerResponse['writeHead'];
@@ -174,6 +186,7 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
       announced: exchange.sent !== null || announcesFinish(res),
       handle: null,
       unsent: 0,
+      localHost: localHost(socket),
     };
     marksBySocket.set(socket, marks);
     if (marks.announced) {
@@ -371,11 +384,15 @@ function rawHeader(raw: readonly string[], name: string): string | undefined {
   return at === -1 ? undefined : raw[at + 1];
 }
 
-/** Every value of a header, joined with ", " as `req.headers` joins a repeated `x-` header. */
-function joinedRawHeader(raw: readonly string[], name: string): string | undefined {
+/**
+ * Every value of a header as text, joined with ", " as `req.headers` joins a repeated `x-` header.
+ * Each is decoded on its own, as `request.headers` has it: one value that is not UTF-8 must not
+ * leave the others as latin1.
+ */
+function joinedHeaderText(raw: readonly string[], name: string): string | undefined {
   let joined: string | undefined;
   for (let at = headerIndex(raw, name, 0); at !== -1; at = headerIndex(raw, name, at + 2)) {
-    const value = raw[at + 1] as string;
+    const value = headerText(raw[at + 1] as string);
     joined = joined === undefined ? value : `${joined}, ${value}`;
   }
   return joined !== undefined && joined.length > 0 ? joined : undefined;
@@ -675,7 +692,10 @@ function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchang
     scheme:
       (trusting ? expressValue(req, 'protocol') : undefined) ??
       ((socket as { encrypted?: boolean }).encrypted ? 'https' : 'http'),
-    host: (sent !== null ? rawHeader(rawHeaders, 'host') : req.headers.host) ?? localHost(socket),
+    host:
+      (sent !== null ? rawHeader(rawHeaders, 'host') : req.headers.host) ??
+      marksBySocket.get(socket)?.localHost ??
+      localHost(socket),
     startedAt: exchange.startedAt,
     arrivedAt: exchange.arrivedAt,
     // A head that never went out has no time it went out.
@@ -685,7 +705,8 @@ function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchang
     responseBytes: exchange.responseBytes,
     clientIp: (trusting ? expressValue(req, 'ip') : undefined) ?? exchange.remoteAddress,
     route: route && route.path !== undefined ? { path: routePath(route.path), baseUrl: baseUrl(req, exchange) } : null,
-    requestId: sent !== null ? joinedRawHeader(rawHeaders, REQUEST_ID) : requestId(req),
+    // What arrived, as `request.headers` has it: not a value the app put in `req.headers`.
+    requestId: joinedHeaderText(rawHeaders, REQUEST_ID),
   };
 }
 
@@ -743,11 +764,6 @@ function baseUrl(req: ExpressLikeRequest, exchange: LiveExchange): string {
 }
 
 /** An incoming `x-request-id` (from a proxy or the client), logged as `request.id`. */
-function requestId(req: IncomingMessage): string | undefined {
-  const id = req.headers[REQUEST_ID];
-  return typeof id === 'string' && id.length > 0 ? id : undefined;
-}
-
 /** Express route paths are strings, but may be a RegExp or an array of either. */
 function routePath(path: unknown): string {
   if (Array.isArray(path)) return path.map(routePath).join(',');

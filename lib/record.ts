@@ -19,7 +19,7 @@ export interface CapturedExchange {
   readonly rawHeaders: readonly string[];
   readonly requestBodyBytes: number;
   readonly scheme: string;
-  /** Host header, or `address:port` of the socket when there is none. */
+  /** Host header (latin1-decoded, as in `rawHeaders`), or `address:port` of the socket when there is none. */
   readonly host: string;
   /** Epoch ms when the request reached the middleware. */
   readonly startedAt: number;
@@ -32,7 +32,10 @@ export interface CapturedExchange {
   readonly responseBytes: number;
   readonly clientIp: string | undefined;
   readonly route: { readonly path: string; readonly baseUrl: string } | null;
-  /** An incoming `x-request-id`, logged as `request.id`. */
+  /**
+   * An incoming `x-request-id`, logged as `request.id`: as text, each repeat decoded as
+   * `headerText` decodes it, joined with ", ".
+   */
   readonly requestId: string | undefined;
 }
 
@@ -111,13 +114,13 @@ export function buildRecord(
   const request: Record<string, unknown> = {};
   // The same header's value in `headers`, so decoded the same way.
   if (exchange.requestId !== undefined) {
-    request['id'] = settings.redact?.has(REQUEST_ID) === true ? REDACTED : headerText(exchange.requestId);
+    request['id'] = settings.redact?.has(REQUEST_ID) === true ? REDACTED : exchange.requestId;
   }
   request['method'] = exchange.method;
   request['uri'] = exchange.url;
   request['request_uri'] = isAbsoluteUrl(exchange.url)
     ? exchange.url
-    : `${exchange.scheme}://${exchange.host}${exchange.url}`;
+    : `${exchange.scheme}://${headerText(exchange.host)}${exchange.url}`;
   request['size'] = requestHeadBytes(exchange) + exchange.requestBodyBytes;
   request['querystring'] = parseQuery(exchange.url);
   request['headers'] = headersFromRaw(exchange.rawHeaders, settings.redact);
@@ -217,6 +220,22 @@ function addValue<T extends string | boolean>(target: Record<string, T | T[]>, k
   else target[key] = [existing, value];
 }
 
+/**
+ * A header value without the spaces and tabs around it, as an HTTP parser takes it (RFC 9110,
+ * 5.5). Not String#trim: that also takes U+00A0, which here is the byte 0xA0 of a value's UTF-8.
+ */
+export function trimOws(value: string): string {
+  let first = 0;
+  let last = value.length;
+  while (first < last && isOws(value.charCodeAt(first))) first++;
+  while (last > first && isOws(value.charCodeAt(last - 1))) last--;
+  return first === 0 && last === value.length ? value : value.slice(first, last);
+}
+
+function isOws(code: number): boolean {
+  return code === 0x20 || code === 0x09;
+}
+
 /** Header value as text: UTF-8 when the bytes are valid UTF-8, else one character per byte. */
 export function headerText(value: string): string {
   if (!NON_ASCII.test(value)) return value;
@@ -256,7 +275,7 @@ export function responseHeaders(
       if (colon <= 0) continue;
       const name = line.slice(0, colon).toLowerCase();
       if (redact?.has(name)) headers[name] = REDACTED;
-      else addValue(headers, name, headerText(line.slice(colon + 1).trim()));
+      else addValue(headers, name, headerText(trimOws(line.slice(colon + 1))));
     }
     return headers;
   }

@@ -21,6 +21,7 @@ import {
   REQUEST_ID,
   requestHeadBytes,
   responseHeaders,
+  trimOws,
   type CapturedExchange,
   type CapturedResponse,
   type Extras,
@@ -82,8 +83,8 @@ function record(exchange: CapturedExchange, settings: RecordSettings, extras: Ex
     const idStart = pos;
     // The id is the header's value: redacting the header redacts it here too.
     if (settings.redact?.has(REQUEST_ID) === true) piece(PIECES.redacted);
-    // Written as the header's value is, so its bytes can stand for it (see idText).
-    else if (headerValue(id)) {
+    // On the fast path, the header's value is written with these same bytes (see idText).
+    else if (string(id)) {
       idText = id;
       idFrom = idStart;
       idTo = pos;
@@ -294,7 +295,7 @@ function requestUri(scheme: string, host: string, url: string, urlStart: number,
     }
   }
   pos = start;
-  string(`${scheme}://${host}${url}`);
+  string(`${scheme}://${headerText(host)}${url}`);
 }
 
 /**
@@ -769,14 +770,14 @@ function responseHeadersPart(response: CapturedResponse | null, redact: Readonly
   }
 }
 
-/** The value of a response head line, trimmed as String#trim would. */
+/** The value of a response head line, without the spaces and tabs around it (see trimOws). */
 function headLineValue(head: string, from: number, to: number): void {
   let first = from;
   let last = to;
   while (first < last && head.charCodeAt(first) === SPACE) first++;
   while (last > first && head.charCodeAt(last - 1) === SPACE) last--;
-  // Tabs and anything beyond ASCII at either end are for String#trim and headerText to judge.
-  if (!quoted(head, first, last)) text(JSON.stringify(headerText(head.slice(from, to).trim())));
+  // Tabs at either end are for trimOws to take, anything beyond ASCII for headerText to judge.
+  if (!quoted(head, first, last)) text(JSON.stringify(headerText(trimOws(head.slice(from, to)))));
 }
 
 function query(url: string): void {

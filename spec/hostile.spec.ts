@@ -3,6 +3,8 @@
  * prototype and leave the app serving.
  */
 import assert from 'node:assert/strict';
+import { EventEmitter, once } from 'node:events';
+import net from 'node:net';
 import { after, afterEach, before, describe, it } from 'node:test';
 import express from 'express';
 import tcplog = require('../lib/index.js');
@@ -132,5 +134,97 @@ describe('hostile requests', () => {
     const record = await send('GET /h HTTP/1.1\r\nHost: "\\evil\\"\r\nConnection: close\r\n\r\n');
     assert.equal(record['request'].headers.host, '"\\evil\\"');
     assert.equal(record['request'].request_uri, 'http://"\\evil\\"/h');
+  });
+});
+
+describe('the same bytes are logged the same way in every field', () => {
+  let receiver: LineServer;
+  let http: Listening;
+  let mw: tcplog.Middleware;
+  /** Requests to /gone, once the app has them: the client then leaves. */
+  const gone = new EventEmitter();
+
+  before(async () => {
+    receiver = await startLineServer();
+    mw = tcplog({ host: '127.0.0.1', port: receiver.port });
+    const app = express();
+    app.use(mw);
+    app.get('/nbsp', (_req, res) => {
+      // U+00A0 is the byte 0xA0 of a head written as latin1: a value, not space around it. The
+      // second is the UTF-8 of "café" and a no-break space, ending in that byte.
+      res.setHeader('x-nbsp', '\u00a0v\u00a0');
+      res.setHeader('x-utf8', Buffer.from('café\u00a0').toString('latin1'));
+      res.setHeader('x-spaced', ' \tv\t ');
+      res.end(Buffer.from('ok'));
+    });
+    app.get('/gone', () => {
+      // Never answered: the record is made when the connection closes.
+      gone.emit('request');
+    });
+    app.use((_req, res) => {
+      res.send('ok');
+    });
+    http = await listen(app);
+  });
+
+  after(async () => {
+    assert.ok(invariant(mw.stats()));
+    await http.close();
+    await mw.close();
+    await receiver.close();
+  });
+
+  async function send(head: string | Buffer): Promise<Json> {
+    const before = receiver.lines.length;
+    await rawExchange(http.port, head, () => false);
+    await receiver.waitForLines(before + 1);
+    return receiver.records()[before] as Json;
+  }
+
+  it('response header values keep a no-break space at either end; spaces and tabs are trimmed', async () => {
+    const record = await send('GET /nbsp HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n');
+    assert.equal(record['response'].headers['x-nbsp'], '\u00a0v\u00a0');
+    assert.equal(record['response'].headers['x-utf8'], 'café\u00a0', 'decoded as UTF-8, the last byte kept');
+    assert.equal(record['response'].headers['x-spaced'], 'v');
+  });
+
+  it('request.id decodes each repeat of x-request-id on its own, as request.headers does', async () => {
+    const record = await send(
+      Buffer.concat([
+        Buffer.from('GET /id HTTP/1.1\r\nHost: h\r\nX-Request-Id: '),
+        Buffer.from([0xc3, 0xa9]),
+        Buffer.from('\r\nX-Request-Id: '),
+        Buffer.from([0xff]),
+        Buffer.from('\r\nConnection: close\r\n\r\n'),
+      ]),
+    );
+    assert.deepEqual(record['request'].headers['x-request-id'], ['é', 'ÿ']);
+    assert.equal(record['request'].id, 'é, ÿ');
+  });
+
+  it('request_uri decodes the Host header as request.headers.host does', async () => {
+    const record = await send(
+      Buffer.concat([
+        Buffer.from('GET /p?q=1 HTTP/1.1\r\nHost: b'),
+        Buffer.from([0xc3, 0xbc]),
+        Buffer.from('cher.test\r\nConnection: close\r\n\r\n'),
+      ]),
+    );
+    assert.equal(record['request'].headers.host, 'bücher.test');
+    assert.equal(record['request'].request_uri, 'http://bücher.test/p?q=1');
+  });
+
+  it('without a Host header, request_uri names the server end even when the client is gone', async () => {
+    const before = receiver.lines.length;
+    const socket = net.connect(http.port, '127.0.0.1');
+    socket.on('error', () => undefined);
+    socket.write('GET /gone HTTP/1.0\r\n\r\n');
+    await once(gone, 'request');
+    socket.destroy();
+    await receiver.waitForLines(before + 1);
+    const record = receiver.records()[before] as Json;
+    assert.equal(record['request'].uri, '/gone');
+    assert.equal(record['request'].request_uri, `http://127.0.0.1:${http.port}/gone`);
+    assert.equal(record['response'].status, undefined, 'no head went out');
   });
 });

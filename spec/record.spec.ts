@@ -821,16 +821,19 @@ describe('serialize.ts writes exactly what record.ts builds', () => {
     assert.equal(records, 2700);
   });
 
-  it('request.id is decoded as the x-request-id header is: UTF-8 sent as latin1 text', () => {
-    for (const id of ['caf\u00c3\u00a9', 'caf\u00e9', 'a\u00c3', 'tab\there "q"']) {
-      const parsed = record(exchange({ rawHeaders: ['Host', 'a.test', 'X-Request-Id', id], requestId: id }));
-      assert.equal(parsed['request'].id, parsed['request'].headers['x-request-id'], JSON.stringify(id));
+  it('request.id is the text it is given, beside the header it was read from', () => {
+    // The capture decodes the header's bytes (see hostile.spec.ts): here, already text, it is not
+    // decoded again, whatever its characters would make as latin1 bytes.
+    for (const [raw, id] of [
+      ['caf\u00c3\u00a9', 'caf\u00e9'],
+      ['caf\u00c3\u0083\u00c2\u00a9', 'caf\u00c3\u00a9'],
+      ['a\u00c3', 'a\u00c3'],
+      ['tab\there "q"', 'tab\there "q"'],
+    ] as const) {
+      const parsed = record(exchange({ rawHeaders: ['Host', 'a.test', 'X-Request-Id', raw], requestId: id }));
+      assert.equal(parsed['request'].id, id, JSON.stringify(id));
+      assert.equal(parsed['request'].headers['x-request-id'], id, JSON.stringify(raw));
     }
-    assert.equal(
-      record(exchange({ rawHeaders: [], requestId: 'caf\u00c3\u00a9' }))['request'].id,
-      'caf\u00e9',
-      'the UTF-8 bytes of "café"',
-    );
   });
 
   it('an x-request-id value written again from the bytes of request.id, only where they are the same', () => {
