@@ -72,6 +72,19 @@ interface Connection {
   failedEarly: boolean;
   /** It reported an error: its close says nothing about the collector being back. */
   errored: boolean;
+  /**
+   * The socket's libuv handle (plain TCP), kept to read its write queue as the connection ends:
+   * Node drops its own reference first. Over TLS the queue holds encrypted bytes: null.
+   */
+  handle: { readonly writeQueueSize?: unknown } | null;
+  /** Bytes still queued in the handle when the connection ended, or -1 when not known. */
+  unsent: number;
+  /**
+   * Bytes of in-flight batches whose write Node confirmed only once the socket was destroyed.
+   * Node confirms every write then, even one the kernel never took: their fate is settled at
+   * 'close' (see #settleInFlight).
+   */
+  confirmedLate: number;
 }
 
 export class TcpLogClient implements RecordSink {
@@ -245,6 +258,9 @@ export class TcpLogClient implements RecordSink {
       failed: false,
       failedEarly: false,
       errored: false,
+      handle: null,
+      unsent: -1,
+      confirmedLate: 0,
     };
     // unref: logging must never keep the process alive (close() refs it while it flushes; never a
     // probe, which no flush waits on).
@@ -268,9 +284,10 @@ export class TcpLogClient implements RecordSink {
       socket.once('connect', () => this.#onOpen(connection));
     }
     socket.on('error', (err: Error) => this.#onSocketError(connection, err));
-    socket.on('end', function onServerEnd() {
+    socket.on('end', () => {
       // The server closed its side (Kong's test server does after one line): anything written
       // from now on would be lost, so stop here and let 'close' reconnect.
+      noteUnsent(connection);
       socket.destroy();
     });
     socket.on('close', () => this.#onClose(connection));
@@ -317,6 +334,8 @@ export class TcpLogClient implements RecordSink {
     if (connection !== this.#active) return;
     connection.state = 'open';
     connection.openedAt = performance.now();
+    if (!connection.server.tls)
+      connection.handle = (connection.socket as { _handle?: Connection['handle'] })._handle ?? null;
     this.#connects++;
     if (this.settings.keepalive > 0) connection.socket.setTimeout(this.settings.keepalive);
     // Not at once: a connection that opens and fails at once would end and start an outage each
@@ -374,6 +393,8 @@ export class TcpLogClient implements RecordSink {
   }
 
   #onSocketError(connection: Connection, err: Error): void {
+    // Emitted after the socket is destroyed, before its writes are cancelled.
+    noteUnsent(connection);
     // A probe failing only means the preferred server is still down: already reported.
     if (connection === this.#probe) return;
     const code = (err as NodeJS.ErrnoException).code ?? 'ERR_SOCKET';
@@ -405,12 +426,7 @@ export class TcpLogClient implements RecordSink {
 
   #onClose(connection: Connection): void {
     this.#clearConnectionTimers(connection);
-    // Unconfirmed batches go back to the front, newest first so the order is kept.
-    for (let i = connection.inFlight.length - 1; i >= 0; i--) {
-      const batch = connection.inFlight[i];
-      if (batch) this.#queue.requeue(batch);
-    }
-    connection.inFlight.length = 0;
+    this.#settleInFlight(connection);
     if (connection === this.#probe) {
       this.#probe = null;
       this.#scheduleFailback();
@@ -485,6 +501,7 @@ export class TcpLogClient implements RecordSink {
       const { timeout } = this.settings;
       connection.stallTimer = this.#timer(() => {
         connection.stallTimer = null;
+        noteUnsent(connection);
         socket.destroy(
           new TcpLogDeliveryError(connection.server.label, 'ESTALLED', `write did not drain within ${timeout} ms`),
         );
@@ -495,6 +512,11 @@ export class TcpLogClient implements RecordSink {
   #onWritten(connection: Connection, batch: Batch, err: Error | null | undefined): void {
     // A failed write is settled by 'close', which requeues everything still in flight.
     if (err) return;
+    if (connection.socket.destroyed) {
+      // Maybe taken by the kernel, maybe cancelled: 'close' tells which (#settleInFlight).
+      if (connection.inFlight.includes(batch)) connection.confirmedLate += batch.data.length;
+      return;
+    }
     const index = connection.inFlight.indexOf(batch);
     if (index === -1) return;
     connection.inFlight.splice(index, 1);
@@ -503,6 +525,37 @@ export class TcpLogClient implements RecordSink {
     // A backlog held back by the cap on writes in flight goes on now.
     if (connection === this.#active && this.#queue.waiting > 0) this.#scheduleFlush();
     this.#wakeIdle();
+  }
+
+  /**
+   * The connection ended with writes in flight. Those Node confirmed only once the socket was
+   * destroyed came first; of their bytes, all but what was still queued in the handle went out,
+   * and the records they hold whole are sent. The rest (a record cut short, writes that failed
+   * or never started) go back to the front, in order, to be sent on the next connection. When
+   * the queue could not be read (TLS), all of them go back: a record may then arrive twice,
+   * rather than be lost while counted sent.
+   */
+  #settleInFlight(connection: Connection): void {
+    let out = connection.unsent === -1 ? 0 : Math.max(0, connection.confirmedLate - connection.unsent);
+    const sentCounts: number[] = [];
+    for (const batch of connection.inFlight) {
+      let whole = 0;
+      while (whole < batch.count && (batch.lengths[whole] as number) <= out) out -= batch.lengths[whole++] as number;
+      // Past a record cut short, nothing went out whole.
+      if (whole < batch.count) out = 0;
+      sentCounts.push(whole);
+    }
+    // Newest first, so that the order is kept at the front of the queue.
+    for (let i = connection.inFlight.length - 1; i >= 0; i--) {
+      const batch = connection.inFlight[i] as Batch;
+      const whole = sentCounts[i] as number;
+      if (whole === batch.count) this.#queue.sent(batch);
+      else this.#queue.requeue(batch, whole);
+    }
+    // It delivered something, as a confirmed write says.
+    if ((sentCounts[0] ?? 0) > 0) connection.confirmed = true;
+    connection.inFlight.length = 0;
+    connection.confirmedLate = 0;
   }
 
   #report(err: TcpLogDeliveryError): void {
@@ -622,6 +675,13 @@ function endThenDestroy(socket: net.Socket, ms: number): NodeJS.Timeout {
 
 function jitter(ms: number): number {
   return Math.round(ms / 2 + Math.random() * (ms / 2));
+}
+
+/** Reads, once, the bytes still queued in the connection's handle (see Connection.unsent). */
+function noteUnsent(connection: Connection): void {
+  if (connection.unsent !== -1 || connection.handle === null) return;
+  const queued = connection.handle.writeQueueSize;
+  if (typeof queued === 'number') connection.unsent = queued;
 }
 
 function ignoreError(): void {

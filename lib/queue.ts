@@ -258,24 +258,34 @@ export class RecordQueue {
 
   /**
    * The connection failed before the batch was confirmed: it goes back to the front, in order,
-   * to be sent on the next connection. In-flight bytes already count toward the bound, so this
-   * never exceeds it. Rare (a failed connection), so the ring is simply laid out anew.
+   * to be sent on the next connection. Its first `sentCount` records went out whole (the kernel
+   * took them before the connection ended) and are counted sent instead. In-flight bytes already
+   * count toward the bound, so this never exceeds it. Rare (a failed connection), so the ring is
+   * simply laid out anew.
    */
-  requeue(batch: Batch): void {
+  requeue(batch: Batch, sentCount = 0): void {
     this.#leaveFlight(batch);
+    this.#sent += sentCount;
+    let skipped = 0;
+    let skippedBytes = 0;
+    for (let i = 0; i < sentCount; i++) {
+      skipped += batch.lengths[i] as number;
+      skippedBytes += batch.sizes[i] as number;
+    }
+    const back = batch.data.length - skipped;
     const old = this.#ring;
     const starts = this.#starts.slice(this.#head);
     const lengths = this.#lengths.slice(this.#head);
     const sizes = this.#sizes.slice(this.#head);
-    const total = batch.data.length + lengths.reduce((sum, n) => sum + n, 0);
+    const total = back + lengths.reduce((sum, n) => sum + n, 0);
     const ring = Buffer.allocUnsafe(
       Math.max(Math.min(Math.max(old?.length ?? 0, INITIAL_RING_BYTES), this.maxBytes), total),
     );
     this.#ringAllocations++;
-    batch.data.copy(ring, 0);
-    let offset = batch.data.length;
+    batch.data.copy(ring, 0, skipped);
+    let offset = back;
     const newStarts: number[] = [];
-    for (let i = 0, at = 0; i < batch.lengths.length; i++) {
+    for (let i = sentCount, at = 0; i < batch.lengths.length; i++) {
       newStarts.push(at);
       at += batch.lengths[i] as number;
     }
@@ -287,10 +297,10 @@ export class RecordQueue {
     this.#ring = ring;
     this.#tail = offset;
     this.#starts = newStarts;
-    this.#lengths = [...batch.lengths, ...lengths];
-    this.#sizes = [...batch.sizes, ...sizes];
+    this.#lengths = [...batch.lengths.slice(sentCount), ...lengths];
+    this.#sizes = [...batch.sizes.slice(sentCount), ...sizes];
     this.#head = 0;
-    this.#waitingBytes += batch.bytes;
+    this.#waitingBytes += batch.bytes - skippedBytes;
     this.#waitingLength = offset;
     this.#release(batch);
   }

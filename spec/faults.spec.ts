@@ -201,6 +201,55 @@ for (const transport of transports) {
       assert.ok(healthy.lines.length > 0 || mw.stats().sent === 40);
     });
 
+    // The write in progress when a connection ends is one Node confirms anyway: what of it the
+    // kernel took went out, the rest must be sent again. Both ways this client ends such a
+    // connection itself: the collector closed its side, or the write stalled past `timeout`.
+    for (const ending of ['closes its side', 'stops reading past timeout'] as const) {
+      it(`a collector that ${ending} while a write is stuck: every record arrives`, async () => {
+        const receiver = await receiverOn();
+        let stuck: net.Socket | null = null;
+        receiver.on('connection', (socket: net.Socket) => {
+          // The first connection is not read until it is ended (or the client gives up on it).
+          if (receiver.connections === 1) {
+            socket.pause();
+            stuck = socket;
+          }
+        });
+        const errors: Error[] = [];
+        const client = new TcpLogClient(
+          parseOptions({ ...transport.destination(receiver.port), timeout: 300, maxBufferBytes: 64 * 1024 * 1024 })
+            .destination,
+        );
+        client.addReporter((err) => errors.push(err));
+        cleanup.push(() => void client.shutdown());
+        // 10 MB: more than the kernel's buffers take from a connection that is not read.
+        const count = 1000;
+        const pad = 'x'.repeat(10_000);
+        for (let i = 0; i < count; i++) {
+          client.push(`{"n":${i},"pad":"${pad}"}\r\n`);
+          if (i % 50 === 0) await new Promise((resolve) => setImmediate(resolve));
+        }
+        await until(() => stuck !== null, 5_000, 'the first connection');
+        assert.ok(client.stats().buffered > 0, 'records wait behind a stuck write');
+        if (ending === 'closes its side') {
+          stuck!.end();
+        } else {
+          await until(() => errors.some((err) => (err as Code).code === 'ESTALLED'), 5_000, 'the stall');
+        }
+        // Either way the collector then reads what the kernel took on that connection.
+        stuck!.resume();
+        await until(() => client.stats().buffered === 0, 10_000, 'everything to be written');
+        const seen = (): number[] => receiver.records().map((record) => record['n'] as number);
+        await until(() => new Set(seen()).size === count, 5_000, `all ${count} records (${new Set(seen()).size})`);
+        const stats = client.stats();
+        assert.deepEqual([stats.sent, stats.dropped], [count, 0]);
+        if (transport.name === 'tcp') {
+          // The handle's queue says how much went out: no record twice.
+          assert.equal(seen().length, count, 'each record once');
+        }
+      });
+    }
+
     it('an unknown host name is reported, never thrown', async () => {
       const errors: Error[] = [];
       const mw = tcplog({

@@ -201,6 +201,18 @@ describe('RecordQueue', () => {
     checkInvariant(queue);
   });
 
+  it('requeue() with records that went out whole: those are sent, the rest goes back in order', () => {
+    const queue = new RecordQueue(1000);
+    for (const name of ['a', 'b', 'c', 'd']) push(queue, name);
+    const batch = takeAll(queue, 30);
+    assert.deepEqual(batch.lines, ['a', 'b', 'c']);
+    push(queue, 'e');
+    queue.requeue(batch, 2);
+    assert.deepEqual(checkInvariant(queue), { records: 5, sent: 2, dropped: 0, buffered: 3, bufferedBytes: 30 });
+    assert.equal(queue.waiting, 3);
+    assert.deepEqual(takeAll(queue).lines, ['c', 'd', 'e']);
+  });
+
   it('requeue() never goes over the bound: in-flight bytes already count toward it', () => {
     const queue = new RecordQueue(40);
     for (const name of ['a', 'b', 'c', 'd']) push(queue, name);
@@ -464,9 +476,10 @@ describe('RecordQueue', () => {
         return records;
       }
 
-      requeue(batch: Batch): void {
+      requeue(batch: Batch, sentCount = 0): void {
         const records = this.settle(batch);
-        this.waiting = records.concat(this.waiting);
+        this.sent += sentCount;
+        this.waiting = records.slice(sentCount).concat(this.waiting);
         assert.ok(this.bytes() <= this.maxBytes, 'a requeue never exceeds the bound');
       }
     }
@@ -529,8 +542,10 @@ describe('RecordQueue', () => {
             model.sent += model.settle(batch).length;
           } else if (how < 9) {
             op = 'requeue';
-            queue.requeue(batch);
-            model.requeue(batch);
+            // Sometimes the first records of the batch went out whole before the connection ended.
+            const sentCount = int(2) === 0 ? int(batch.count) : 0;
+            queue.requeue(batch, sentCount);
+            model.requeue(batch, sentCount);
           } else {
             op = 'dropInFlight';
             queue.dropInFlight(batch);
