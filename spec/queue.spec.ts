@@ -213,6 +213,28 @@ describe('RecordQueue', () => {
     assert.deepEqual(takeAll(queue).lines, ['c', 'd', 'e']);
   });
 
+  it('requeue() puts the batch back in the ring where it was: the backlog is not laid out anew', () => {
+    const queue = new RecordQueue(1 << 20);
+    // A backlog of waiting records; four batches taken from its front, more records behind it.
+    for (let i = 0; i < 20_000; i++) queue.push(`record ${i}\r\n`);
+    const batches = [0, 1, 2, 3].map(() => takeAll(queue, 4096));
+    for (let i = 20_000; i < 20_500; i++) queue.push(`record ${i}\r\n`);
+    const allocations = queue.ringAllocations;
+    for (const batch of [...batches].reverse()) queue.requeue(batch);
+    assert.equal(queue.ringAllocations, allocations, 'no new ring');
+    const lines: string[] = [];
+    for (let batch = queue.take(65536); batch; batch = queue.take(65536)) {
+      lines.push(...batch.lines);
+      queue.sent(batch);
+    }
+    const first = Number(/\d+/.exec(lines[0] ?? '')?.[0]);
+    assert.deepEqual(
+      lines,
+      Array.from({ length: 20_500 - first }, (_, i) => `record ${first + i}\r\n`),
+    );
+    checkInvariant(queue);
+  });
+
   it('requeue() never goes over the bound: in-flight bytes already count toward it', () => {
     const queue = new RecordQueue(40);
     for (const name of ['a', 'b', 'c', 'd']) push(queue, name);
