@@ -98,6 +98,17 @@ function assertOneLine(json: string): void {
   assert.equal(framed.split('\n').length, 2, 'one record, one line');
 }
 
+/** A small deterministic generator (mulberry32): the same cases on every run. */
+function random(seed: number): () => number {
+  let state = seed;
+  return () => {
+    state = (state + 0x6d2b79f5) | 0;
+    let t = Math.imul(state ^ (state >>> 15), 1 | state);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
 describe('serializeRecord', () => {
   it('writes the Kong fields in order, with every optional field present', () => {
     const json = serializeRecord(
@@ -327,6 +338,62 @@ describe('parseQuery', () => {
     assert.deepEqual({ ...parseQuery('/p?e=a+%zz') }, { e: 'a %zz' });
   });
 
+  it('decodes what decodeURIComponent decodes and keeps what it refuses, on generated components', () => {
+    // What the parser did when it caught decodeURIComponent's errors (each throw cost ~9 µs).
+    const decode = globalThis.decodeURIComponent;
+    const reference = (text: string): string => {
+      const spaced = text.replace(/\+/g, ' ');
+      try {
+        return decode(spaced);
+      } catch {
+        return spaced;
+      }
+    };
+    const next = random(20261130);
+    const PIECES = [
+      '%',
+      '%2',
+      '%zz',
+      '%41',
+      '%7e',
+      '%C3',
+      '%A9',
+      '%E2%82',
+      '%AC',
+      '%F0%9F%98%80',
+      '%ED%A0%80',
+      '%C0%AF',
+      '%F4%90%80%80',
+      '%c3%a9',
+      'a',
+      '+',
+      'é',
+      '\ud800',
+      '9',
+      'F',
+    ];
+    // Malformed components are told apart before decodeURIComponent, not by its throw.
+    let throws = 0;
+    globalThis.decodeURIComponent = (text: string): string => {
+      try {
+        return decode(text);
+      } catch (err) {
+        throws++;
+        throw err;
+      }
+    };
+    try {
+      for (let n = 0; n < 20_000; n++) {
+        let text = '';
+        for (let i = Math.floor(next() * 6) + 1; i > 0; i--) text += PIECES[Math.floor(next() * PIECES.length)];
+        assert.deepEqual({ ...parseQuery(`/p?k=${text}`) }, { k: reference(text) }, JSON.stringify(text));
+      }
+    } finally {
+      globalThis.decodeURIComponent = decode;
+    }
+    assert.equal(throws, 0, 'decodeURIComponent never threw');
+  });
+
   it('ignores the fragment', () => {
     assert.deepEqual({ ...parseQuery('/p?a=1#frag') }, { a: '1' });
     assert.deepEqual({ ...parseQuery('/p?a=1&b=2#c=3&d') }, { a: '1', b: '2' });
@@ -435,6 +502,29 @@ describe('headersFromRaw', () => {
     assert.equal(headers['x-latin1'], 'caf\u00e9');
   });
 
+  it('decodes a value when its bytes are UTF-8, on generated values; a BOM is kept as sent', () => {
+    const strict = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true });
+    const next = random(11302026);
+    const BYTES = [
+      0x61, 0x09, 0x7f, 0x80, 0xa0, 0xbf, 0xc2, 0xc3, 0xa9, 0xe2, 0x82, 0xac, 0xed, 0xa0, 0xf0, 0x9f, 0x98, 0xf4, 0x90,
+      0xff, 0xef, 0xbb,
+    ];
+    for (let n = 0; n < 20_000; n++) {
+      const bytes = Buffer.from(
+        Array.from({ length: 1 + Math.floor(next() * 8) }, () => BYTES[Math.floor(next() * BYTES.length)] as number),
+      );
+      const latin1 = bytes.toString('latin1');
+      let expected = latin1;
+      try {
+        expected = strict.decode(bytes);
+      } catch {
+        // Not UTF-8: one character per byte.
+      }
+      assert.equal(headersFromRaw(['X-V', latin1], null)['x-v'], expected, bytes.toString('hex'));
+    }
+    assert.equal(headersFromRaw(['X-Bom', '\u00ef\u00bb\u00bfv'], null)['x-bom'], '\ufeffv');
+  });
+
   it('ignores a trailing name without a value', () => {
     assert.deepEqual({ ...headersFromRaw(['X-A', '1', 'X-Dangling'], null) }, { 'x-a': '1' });
   });
@@ -454,6 +544,44 @@ describe('request headers in a record', () => {
   it('redact: null logs everything', () => {
     const parsed = record(exchange({ rawHeaders: ['Authorization', 'Basic abc', 'Cookie', 'session=1'] }), NO_REDACT);
     assert.deepEqual(parsed['request'].headers, { authorization: 'Basic abc', cookie: 'session=1' });
+  });
+
+  it('a long redaction list (looked up rather than walked) redacts the same, in any case', () => {
+    const names = Array.from({ length: 500 }, (_, i) => `x-name-${i}`);
+    const long: RecordSettings = { ...SETTINGS, redact: new Set([...names, 'x-secret', 'set-cookie']) };
+    const parsed = record(
+      exchange({ rawHeaders: ['Host', 'x', 'X-SECRET', 's', 'x-name-499', 'n', 'X-Name-5000', 'kept'] }),
+      long,
+    );
+    assert.deepEqual(parsed['request'].headers, {
+      host: 'x',
+      'x-secret': 'REDACTED',
+      'x-name-499': 'REDACTED',
+      'x-name-5000': 'kept',
+    });
+    const head = 'HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nX-Name-7: v\r\nX-Kept: k\r\n\r\n';
+    const withHead = record(exchange({ response: { status: 200, head, headers: null } }), long);
+    assert.deepEqual(withHead['response'].headers, { 'set-cookie': 'REDACTED', 'x-name-7': 'REDACTED', 'x-kept': 'k' });
+  });
+});
+
+describe('custom fields in a record', () => {
+  it('2 000 fields under one parent all land; the shared api object is left as it was', () => {
+    const api = Object.freeze({ name: 'shop' });
+    const settings: RecordSettings = { ...SETTINGS, api, apiJson: JSON.stringify(api) };
+    const custom = [
+      ...Array.from({ length: 2000 }, (_, i) => ({ path: ['extra', `f${i}`], value: i })),
+      { path: ['api', 'version'], value: 2 },
+      { path: ['api', 'stage'], value: 'live' },
+      { path: ['extra', 'f7'], value: undefined },
+    ];
+    const built = serializeRecord(exchange(), settings, { custom });
+    const parsed = JSON.parse(built) as Json;
+    assert.equal(Object.keys(parsed['extra']).length, 1999);
+    assert.equal(parsed['extra'].f1999, 1999);
+    assert.equal(parsed['extra'].f7, undefined);
+    assert.deepEqual(parsed['api'], { name: 'shop', version: 2, stage: 'live' });
+    assert.deepEqual(api, { name: 'shop' });
   });
 });
 
@@ -656,16 +784,6 @@ describe('hostile input always gives one line of valid JSON', () => {
 });
 
 describe('serialize.ts writes exactly what record.ts builds', () => {
-  /** A small deterministic generator (mulberry32): the same cases on every run. */
-  function random(seed: number): () => number {
-    let state = seed;
-    return () => {
-      state = (state + 0x6d2b79f5) | 0;
-      let t = Math.imul(state ^ (state >>> 15), 1 | state);
-      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-      return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-    };
-  }
   const next = random(20261125);
   const pick = <T>(items: readonly T[]): T => items[Math.floor(next() * items.length)] as T;
   // Pieces that take each fast path and each way out of it.
