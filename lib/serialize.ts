@@ -364,9 +364,13 @@ function lengthBit(length: number): number {
  * the bits of their lengths (see nameLengths): most names are of no length there.
  */
 interface RedactList {
+  readonly set: ReadonlySet<string>;
   readonly names: readonly string[];
   readonly lengths: number;
 }
+
+/** Up to this many names, a redaction list is walked: cheaper than a lower-cased copy per name. */
+const WALKED_REDACT_NAMES = 8;
 
 const redactLists = new WeakMap<ReadonlySet<string>, RedactList>();
 
@@ -375,7 +379,7 @@ function redactList(redact: ReadonlySet<string> | null): RedactList | null {
   let list = redactLists.get(redact);
   if (list === undefined) {
     const names = [...redact];
-    list = { names, lengths: names.reduce((bits, name) => bits | lengthBit(name.length), 0) };
+    list = { set: redact, names, lengths: names.reduce((bits, name) => bits | lengthBit(name.length), 0) };
     redactLists.set(redact, list);
   }
   return list;
@@ -456,6 +460,8 @@ function fieldName(
 /** Whether the name at `source[from, to)` is one to redact. */
 function redacted(list: RedactList | null, source: string, from: number, to: number): boolean {
   if (list === null || (list.lengths & lengthBit(to - from)) === 0) return false;
+  // A long list is looked up, not walked: it is walked for every header name.
+  if (list.names.length > WALKED_REDACT_NAMES) return list.set.has(source.slice(from, to).toLowerCase());
   for (const name of list.names) if (sameName(source, from, to, name, 0, name.length)) return true;
   return false;
 }
