@@ -266,6 +266,10 @@ export class TcpLogClient implements RecordSink {
     // probe, which no flush waits on).
     if (probe || this.#idleWaiters.size === 0) socket.unref();
     socket.setNoDelay(true);
+    // Whatever a collector sends (a greeting, acknowledgements) is read and thrown away: left
+    // unread, it would hide the collector's close ('end' waits for it), and the next records
+    // would be written to a connection already closed.
+    socket.resume();
     connection.connectTimer = this.#timer(
       () => {
         socket.destroy(
@@ -369,8 +373,10 @@ export class TcpLogClient implements RecordSink {
       this.#clearConnectionTimers(old);
       old.socket.setTimeout(0);
       this.#retired.add(old);
-      // end() still delivers what was written; its callbacks settle the old in-flight batches.
-      old.socket.end();
+      // end() still delivers what was written; its callbacks settle the old in-flight batches. A
+      // collector that stops reading (or keeps its side open) gets `timeout`: then what it did
+      // not take goes to the new connection.
+      old.stallTimer = endThenDestroy(old.socket, this.settings.timeout, () => noteUnsent(old));
     }
     this.#active = probe;
     this.#next = 0;
@@ -660,11 +666,15 @@ function connectTo(server: ServerSettings): net.Socket {
 }
 
 /**
- * Ends `socket` gracefully, and destroys it after `ms` if the collector keeps its side open:
- * otherwise it would keep the socket (a descriptor) for good. The timer never holds the process.
+ * Ends `socket` gracefully, and destroys it after `ms` if the collector keeps its side open, or
+ * does not read what is still to be written: otherwise it would keep the socket (a descriptor)
+ * and those writes for good. `beforeDestroy` runs just before. The timer never holds the process.
  */
-function endThenDestroy(socket: net.Socket, ms: number): NodeJS.Timeout {
-  const timer = setTimeout(() => socket.destroy(), ms);
+function endThenDestroy(socket: net.Socket, ms: number, beforeDestroy?: () => void): NodeJS.Timeout {
+  const timer = setTimeout(() => {
+    beforeDestroy?.();
+    socket.destroy();
+  }, ms);
   timer.unref();
   socket.once('close', () => clearTimeout(timer));
   socket.end();
@@ -672,7 +682,6 @@ function endThenDestroy(socket: net.Socket, ms: number): NodeJS.Timeout {
 }
 
 /** Equal jitter: at least half the step, so a crowd of clients does not return in lockstep. */
-
 function jitter(ms: number): number {
   return Math.round(ms / 2 + Math.random() * (ms / 2));
 }

@@ -21,6 +21,7 @@ import {
   listenLogged,
   request,
   until,
+  WAIT_MS,
   waitFor,
   type Listening,
 } from './helpers.js';
@@ -104,6 +105,32 @@ for (const transport of transports) {
       assert.equal(mw.stats().sent, 3);
       assert.equal(mw.stats().dropped, 0);
       assert.ok(mw.stats().connects >= 3, 'a new connection after each close');
+    });
+
+    it('a collector that greets and then closes after one line: the close is noticed, nothing is lost', async () => {
+      // Bytes the client never read used to hide the collector's close: the next records went to
+      // a closed connection, counted as sent.
+      const receiver = track(await transport.startReceiver());
+      receiver.on('connection', (socket: net.Socket) => {
+        socket.write('hello\n');
+        let text = '';
+        socket.on('data', (chunk: Buffer) => {
+          text += chunk.toString();
+          if (text.includes('\r\n')) socket.end();
+        });
+      });
+      const mw = logger(transport.destination(receiver.port));
+      const http = await appWith(mw);
+      for (let n = 0; n < 4; n++) {
+        await request(http.port, `/n/${n}`);
+        await receiver.waitForLines(n + 1);
+        await until(() => !mw.stats().connected, WAIT_MS, `the close after record ${n}`);
+      }
+      assert.deepEqual(
+        receiver.records().map((r) => r['request'].uri),
+        ['/n/0', '/n/1', '/n/2', '/n/3'],
+      );
+      assert.deepEqual([mw.stats().sent, mw.stats().connects], [4, 4]);
     });
 
     it('300 requests from 10 parallel clients: 300 records, each ending in \\r\\n, over one connection', async () => {

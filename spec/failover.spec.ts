@@ -7,6 +7,8 @@ import { once } from 'node:events';
 import net, { type AddressInfo } from 'node:net';
 import { afterEach, describe, it } from 'node:test';
 import tcplog = require('../lib/index.js');
+import { TcpLogClient } from '../lib/client.js';
+import { parseOptions } from '../lib/options.js';
 import { freePort, invariant, listenLogged, request, startLineServer, until, type LineServer } from './helpers.js';
 import { transports } from './transports.js';
 
@@ -113,6 +115,44 @@ for (const transport of transports) {
     });
   });
 }
+
+describe('failback from a server that stopped reading', () => {
+  it('the records stuck on it move to the preferred server once it has had `timeout`', async () => {
+    // Plain TCP: the fail-back path is the same over TLS. `timeout` is longer than the fail-back
+    // probe's 5 s, so that the backup's write is still stuck, not yet cut as a stall, when the
+    // client goes back to the preferred server.
+    const preferredPort = await freePort();
+    const backup = await startLineServer();
+    cleanup.push(() => backup.close());
+    // The backup takes the connection and never reads it, until the end of the spec.
+    backup.on('connection', (socket: net.Socket) => socket.pause());
+    const servers = [preferredPort, backup.port].map((port) => ({ host: '127.0.0.1', port }));
+    const client = new TcpLogClient(parseOptions({ servers, timeout: 6_000, maxBufferBytes: 64 << 20 }).destination);
+    client.addReporter(() => undefined);
+    cleanup.push(() => void client.shutdown());
+    // 10 MB: more than the kernel's buffers take from a connection that is not read.
+    const count = 1000;
+    const pad = 'x'.repeat(10_000);
+    for (let i = 0; i < count; i++) {
+      client.push(`{"n":${i},"pad":"${pad}"}\r\n`);
+      if (i % 50 === 0) await new Promise((resolve) => setImmediate(resolve));
+    }
+    await until(() => backup.sockets.size === 1, 5_000, 'the backup in use');
+    assert.ok(client.stats().buffered > 0, 'records wait behind a stuck write');
+    const preferred = await startLineServer(preferredPort);
+    cleanup.push(() => preferred.close());
+    // The probe finds it within 5 s; the old connection then has `timeout` to take the rest.
+    await until(() => client.stats().buffered === 0, 15_000, 'everything to be written');
+    const stats = client.stats();
+    // One error: the preferred server's refusal at the start. The backup's write never stalled.
+    assert.deepEqual([stats.sent, stats.dropped, stats.errors], [count, 0, 1]);
+    for (const socket of backup.sockets) socket.resume();
+    const seen = (): number[] => [...preferred.records(), ...backup.records()].map((r) => r['n'] as number);
+    await until(() => new Set(seen()).size === count, 5_000, `all ${count} records (${new Set(seen()).size})`);
+    assert.equal(seen().length, count, 'each record once');
+    assert.ok(preferred.lines.length > 0, 'the preferred server got the rest');
+  });
+});
 
 describe('servers option', () => {
   const base = { timeout: 100 };
