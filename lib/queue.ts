@@ -57,7 +57,7 @@ export class Batch {
 export interface QueueCounts {
   /** Records ever offered. */
   readonly records: number;
-  /** Records whose write the socket confirmed. */
+  /** Records whose write the socket confirmed, or that went out whole before a write was cut short. */
   readonly sent: number;
   /** Records given up: over the bound, or still waiting when a close timed out. */
   readonly dropped: number;

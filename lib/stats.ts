@@ -7,7 +7,7 @@
 export interface TcpLogStats {
   /** Records handed to the client. */
   records: number;
-  /** Records the socket accepted (write confirmed). */
+  /** Records the socket accepted (write confirmed, or in the part of a write cut short that went out). */
   sent: number;
   /** Records given up: beyond `maxBufferBytes`, or still waiting when `close()` timed out. */
   dropped: number;
