@@ -79,6 +79,8 @@ interface Connection {
   handle: { readonly writeQueueSize?: unknown } | null;
   /** Bytes still queued in the handle when the connection ended, or -1 when not known. */
   unsent: number;
+  /** Writes confirmed so far: progress, for the stall check. */
+  writesConfirmed: number;
   /**
    * Bytes of in-flight batches whose write Node confirmed only once the socket was destroyed.
    * Node confirms every write then, even one the kernel never took: their fate is settled at
@@ -260,6 +262,7 @@ export class TcpLogClient implements RecordSink {
       errored: false,
       handle: null,
       unsent: -1,
+      writesConfirmed: 0,
       confirmedLate: 0,
     };
     // unref: logging must never keep the process alive (close() refs it while it flushes; never a
@@ -444,6 +447,17 @@ export class TcpLogClient implements RecordSink {
       return;
     }
     if (connection !== this.#active) return;
+    if (connection.state === 'connecting' && !connection.errored) {
+      // Closed before it could be used, with no error of its own: a TLS 1.3 server that refuses
+      // the client's certificate closes this way, during the wait for its ticket, with no alert.
+      this.#report(
+        new TcpLogDeliveryError(
+          connection.server.label,
+          'ECLOSED',
+          'the server closed the connection before it was used',
+        ),
+      );
+    }
     const early = connection.failedEarly;
     this.#earlyFailures = early ? this.#earlyFailures + 1 : 0;
     const moveOn = early && this.#earlyFailures >= EARLY_FAILURES && this.settings.servers.length > 1;
@@ -503,16 +517,35 @@ export class TcpLogClient implements RecordSink {
       connection.inFlight.push(batch);
       socket.write(batch.data, (err) => this.#onWritten(connection, batch, err));
     }
-    if (socket.writableNeedDrain && !connection.stallTimer) {
-      const { timeout } = this.settings;
-      connection.stallTimer = this.#timer(() => {
-        connection.stallTimer = null;
-        noteUnsent(connection);
-        socket.destroy(
-          new TcpLogDeliveryError(connection.server.label, 'ESTALLED', `write did not drain within ${timeout} ms`),
-        );
-      }, timeout);
-    }
+    if (socket.writableNeedDrain && !connection.stallTimer) this.#watchStall(connection);
+  }
+
+  /**
+   * A connection whose writes make no progress for `timeout` is cut (ESTALLED) and its records go
+   * on a new one. Progress is a write confirmed, or fewer bytes queued in the process than at the
+   * last look: a collector that reads slowly keeps its connection (waiting for 'drain' alone cut
+   * it again and again under one record larger than it could take in `timeout`).
+   */
+  #watchStall(connection: Connection): void {
+    const { socket } = connection;
+    const { timeout } = this.settings;
+    let writes = connection.writesConfirmed;
+    let queued = queuedBytes(socket);
+    const check = (): void => {
+      connection.stallTimer = null;
+      const now = queuedBytes(socket);
+      if (connection.writesConfirmed !== writes || (now !== -1 && now < queued)) {
+        writes = connection.writesConfirmed;
+        queued = now;
+        connection.stallTimer = this.#timer(check, timeout);
+        return;
+      }
+      noteUnsent(connection);
+      socket.destroy(
+        new TcpLogDeliveryError(connection.server.label, 'ESTALLED', `write made no progress in ${timeout} ms`),
+      );
+    };
+    connection.stallTimer = this.#timer(check, timeout);
   }
 
   #onWritten(connection: Connection, batch: Batch, err: Error | null | undefined): void {
@@ -525,6 +558,7 @@ export class TcpLogClient implements RecordSink {
     }
     const index = connection.inFlight.indexOf(batch);
     if (index === -1) return;
+    connection.writesConfirmed++;
     connection.inFlight.splice(index, 1);
     this.#queue.sent(batch);
     connection.confirmed = true;
@@ -684,6 +718,22 @@ function endThenDestroy(socket: net.Socket, ms: number, beforeDestroy?: () => vo
 /** Equal jitter: at least half the step, so a crowd of clients does not return in lockstep. */
 function jitter(ms: number): number {
   return Math.round(ms / 2 + Math.random() * (ms / 2));
+}
+
+/**
+ * Bytes the socket's writes still have queued in the process (in libuv's queue), or -1 when it
+ * cannot be read. Over TLS, the encrypted bytes queued for the TCP handle under the TLS one.
+ */
+function queuedBytes(socket: net.Socket): number {
+  const handle = (socket as { _handle?: StreamHandle | null })._handle;
+  const tcp = handle?._parent ?? handle;
+  return typeof tcp?.writeQueueSize === 'number' ? tcp.writeQueueSize : -1;
+}
+
+/** What is read of a libuv stream handle: its write queue, and under TLS the TCP handle. */
+interface StreamHandle {
+  readonly writeQueueSize?: unknown;
+  readonly _parent?: StreamHandle | null;
 }
 
 /** Reads, once, the bytes still queued in the connection's handle (see Connection.unsent). */

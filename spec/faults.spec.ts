@@ -250,6 +250,37 @@ for (const transport of transports) {
       });
     }
 
+    it('a collector that reads slowly keeps its connection, even under a record it takes longer than timeout to read', async () => {
+      const receiver = await receiverOn();
+      // Reads in short bursts: steady progress, but 8 MB takes longer than `timeout`. (The client
+      // sees progress only as the kernel's buffer frees half its room: about every 0.4 s here.)
+      receiver.on('connection', (socket: net.Socket) => {
+        socket.pause();
+        const reading = setInterval(() => {
+          socket.resume();
+          setTimeout(() => socket.pause(), 1);
+        }, 30);
+        socket.on('close', () => clearInterval(reading));
+      });
+      const errors: Error[] = [];
+      const client = new TcpLogClient(
+        parseOptions({ ...transport.destination(receiver.port), timeout: 1_000, maxBufferBytes: 64 << 20 }).destination,
+      );
+      client.addReporter((err) => errors.push(err));
+      cleanup.push(() => void client.shutdown());
+      const big = `{"n":0,"pad":"${'x'.repeat(8 << 20)}"}\r\n`;
+      client.push(big);
+      client.push('{"n":1}\r\n');
+      await receiver.waitForLines(2, 20_000);
+      assert.deepEqual(
+        receiver.records().map((record) => record['n'] as number),
+        [0, 1],
+      );
+      assert.equal(receiver.lines[0]?.length, big.length - 1, 'the big record whole');
+      assert.deepEqual(errors, [], 'no stall');
+      assert.equal(client.stats().connects, 1);
+    });
+
     it('an unknown host name is reported, never thrown', async () => {
       const errors: Error[] = [];
       const mw = tcplog({

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { afterEach, describe, it } from 'node:test';
 import express from 'express';
 import tcplog = require('../lib/index.js');
-import { LineServer, invariant, listen, request, startLineServer, until, type Listening } from './helpers.js';
+import { LineServer, invariant, listen, request, startLineServer, until, WAIT_MS, type Listening } from './helpers.js';
 
 const fixtures = path.resolve(__dirname, '../../spec/fixtures');
 const pem = (name: string): string => readFileSync(path.join(fixtures, name), 'utf8');
@@ -163,6 +163,25 @@ describe('TLS', () => {
     assert.equal(stats.buffered, 1, 'kept for a connection that works');
     assert.equal(stats.connects, 0, 'a refused connection is not one that was made');
     assert.equal((withoutCert.errors[0] as Code).code, 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED');
+  });
+
+  it('mutual TLS with a client certificate the server does not trust: refused, reported and counted', async () => {
+    // Over TLS 1.3 Node's server closes such a connection with no alert, during the client's wait
+    // for its ticket: the client sees only a close, which it reports as ECLOSED.
+    const receiver = await tlsReceiver({ ...serverTls, ca, requestCert: true, rejectUnauthorized: true });
+    const { mw, http, errors } = await appLoggingWith({
+      host: 'localhost',
+      port: receiver.port,
+      tls: { ca, key: pem('stranger-key.pem'), cert: pem('stranger-cert.pem') },
+      timeout: 2_000,
+    });
+    await request(http.port, '/?untrusted-cert');
+    await until(() => errors.length > 0, WAIT_MS, 'the refusal reported');
+    const stats = mw.stats();
+    assert.ok(stats.errors >= 1, JSON.stringify(stats));
+    assert.deepEqual([stats.sent, stats.buffered, stats.connects], [0, 1, 0], JSON.stringify(stats));
+    assert.equal(receiver.lines.length, 0);
+    assert.equal((errors[0] as Code).code, 'ECLOSED', String(errors[0]));
   });
 
   it('a server refusing the client certificate: the next server gets every record', async () => {
