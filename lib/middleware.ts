@@ -129,8 +129,19 @@ interface LiveExchange {
   responseBytes: number;
   /** `req.baseUrl` when the innermost instance saw the request. */
   mountedAt: string;
+  /**
+   * The instance the request passed before `instance` took it (nested instances), and so on out:
+   * if `instance` is closed before the record is made, the next open one out logs it.
+   */
+  outer: OuterTake | null;
   /** Its record was built already (see logAbandoned). */
   built: boolean;
+}
+
+interface OuterTake {
+  readonly instance: Instance;
+  readonly mountedAt: string;
+  readonly outer: OuterTake | null;
 }
 
 type TrackedResponse = ServerResponse & { _header?: unknown };
@@ -168,6 +179,7 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
   if (existing !== undefined && existing.instance !== null) {
     // Nested instances (app-level, then router-level): one record, with the innermost's settings.
     if (!instance.closed) {
+      existing.outer = { instance: existing.instance, mountedAt: existing.mountedAt, outer: existing.outer };
       existing.instance = instance;
       existing.mountedAt = req.baseUrl ?? '';
     }
@@ -260,6 +272,7 @@ function arrive(req: ExpressLikeRequest, res: TrackedResponse, socket: Socket, s
     endedAt: -1,
     responseBytes: 0,
     mountedAt: '',
+    outer: null,
     built: false,
   };
   byResponse.set(res, exchange);
@@ -532,14 +545,32 @@ function onClose(this: TrackedResponse): void {
   buildAndSend(this);
 }
 
+/**
+ * The instance that logs the exchange: the one that took it, or, if that one was closed before
+ * the record was made, the next open instance out (the app-level one around a router-level one
+ * closed meanwhile). Null when there is none.
+ */
+function loggingInstance(exchange: LiveExchange): Instance | null {
+  if (exchange.instance === null || !exchange.instance.closed) return exchange.instance;
+  for (let take = exchange.outer; take !== null; take = take.outer) {
+    if (!take.instance.closed) {
+      exchange.instance = take.instance;
+      exchange.mountedAt = take.mountedAt;
+      exchange.outer = take.outer;
+      return take.instance;
+    }
+  }
+  return null;
+}
+
 /** Builds the record of a finished (or abandoned) response and hands it to the sink. */
 function buildAndSend(res: TrackedResponse): void {
   const exchange = byResponse.get(res);
   if (!exchange || exchange.built) return;
-  const { instance, req } = exchange;
+  const { req } = exchange;
   // No middleware took the request (another server's, or routed elsewhere): nothing to log, but
   // a logged response after it on the same connection starts where this one ended.
-  if (instance !== null) settle(exchange);
+  if (exchange.instance !== null) settle(exchange);
   else noteEnd(exchange.socket);
   // The record is built once: let go of the exchange now rather than when the collector finds
   // its key dead, so the tables stay as small as the number of requests in progress.
@@ -549,7 +580,8 @@ function buildAndSend(res: TrackedResponse): void {
     byRequest.delete(req);
     if (req.push === countingPush) req.push = exchange.push;
   }
-  if (instance === null || instance.closed) return;
+  const instance = loggingInstance(exchange);
+  if (instance === null) return;
   try {
     // What was sent is read before any hook runs: a hook that changes `req` or `res` (or
     // `res._header`) cannot change the record.

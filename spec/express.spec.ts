@@ -920,3 +920,44 @@ describe('what the client got, when some of the response never went out', () => 
     assert.equal(mw.stats().records, records + 1);
   });
 });
+
+describe('a router-level instance closed while its requests are in flight', () => {
+  let receiver: LineServer;
+  let http: Listening;
+  let outer: tcplog.Middleware;
+  let inner: tcplog.Middleware;
+  /** Requests to /r/slow, once the handler has them, with the function that answers each. */
+  const held = new EventEmitter();
+
+  before(async () => {
+    receiver = await startLineServer();
+    outer = tcplog({ host: '127.0.0.1', port: receiver.port, api: { name: 'app' } });
+    inner = tcplog({ host: '127.0.0.1', port: receiver.port, api: { name: 'router' } });
+    const app = express();
+    app.use(outer);
+    const router = express.Router();
+    router.use(inner);
+    router.get('/slow', (_req, res) => {
+      held.emit('request', () => res.send('late'));
+    });
+    app.use('/r', router);
+    http = await listen(app);
+  });
+
+  closeAfter(() => [http, outer, receiver]);
+
+  it('the app-level instance, still open, logs them: they are not lost', async () => {
+    const answered = once(held, 'request');
+    const reply = request(http.port, '/r/slow?n=1');
+    const [answer] = (await answered) as [() => void];
+    await inner.close();
+    answer();
+    assert.equal((await reply).status, 200);
+    await receiver.waitForLines(1);
+    const [record] = receiver.records();
+    assert.equal(record?.['request'].uri, '/r/slow?n=1');
+    assert.equal(record?.['api'].name, 'app', "the outer instance's configuration");
+    assert.deepEqual(record?.['route'], { path: '/slow', base_url: '/r' }, 'as the app-level instance alone logs it');
+    await until(() => outer.stats().sent === 1);
+  });
+});
