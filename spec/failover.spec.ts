@@ -9,7 +9,16 @@ import { afterEach, describe, it } from 'node:test';
 import tcplog = require('../lib/index.js');
 import { TcpLogClient } from '../lib/client.js';
 import { parseOptions } from '../lib/options.js';
-import { freePort, invariant, listenLogged, request, startLineServer, until, type LineServer } from './helpers.js';
+import {
+  freePort,
+  invariant,
+  listenLogged,
+  pushNumbered,
+  request,
+  startLineServer,
+  until,
+  type LineServer,
+} from './helpers.js';
 import { transports } from './transports.js';
 
 const cleanup: Array<() => Promise<void> | void> = [];
@@ -130,13 +139,8 @@ describe('failback from a server that stopped reading', () => {
     const client = new TcpLogClient(parseOptions({ servers, timeout: 6_000, maxBufferBytes: 64 << 20 }).destination);
     client.addReporter(() => undefined);
     cleanup.push(() => void client.shutdown());
-    // 10 MB: more than the kernel's buffers take from a connection that is not read.
     const count = 1000;
-    const pad = 'x'.repeat(10_000);
-    for (let i = 0; i < count; i++) {
-      client.push(`{"n":${i},"pad":"${pad}"}\r\n`);
-      if (i % 50 === 0) await new Promise((resolve) => setImmediate(resolve));
-    }
+    await pushNumbered(client, count);
     await until(() => backup.sockets.size === 1, 5_000, 'the backup in use');
     assert.ok(client.stats().buffered > 0, 'records wait behind a stuck write');
     const preferred = await startLineServer(preferredPort);

@@ -10,7 +10,16 @@ import { afterEach, describe, it } from 'node:test';
 import tcplog = require('../lib/index.js');
 import { TcpLogClient } from '../lib/client.js';
 import { parseOptions } from '../lib/options.js';
-import { freePort, invariant, listenLogged, request, until, type LineServer, type Listening } from './helpers.js';
+import {
+  freePort,
+  invariant,
+  listenLogged,
+  pushNumbered,
+  request,
+  until,
+  type LineServer,
+  type Listening,
+} from './helpers.js';
 import { pem, transports } from './transports.js';
 
 type Code = { code?: string };
@@ -222,13 +231,8 @@ for (const transport of transports) {
         );
         client.addReporter((err) => errors.push(err));
         cleanup.push(() => void client.shutdown());
-        // 10 MB: more than the kernel's buffers take from a connection that is not read.
         const count = 1000;
-        const pad = 'x'.repeat(10_000);
-        for (let i = 0; i < count; i++) {
-          client.push(`{"n":${i},"pad":"${pad}"}\r\n`);
-          if (i % 50 === 0) await new Promise((resolve) => setImmediate(resolve));
-        }
+        await pushNumbered(client, count);
         await until(() => stuck !== null, 5_000, 'the first connection');
         assert.ok(client.stats().buffered > 0, 'records wait behind a stuck write');
         if (ending === 'closes its side') {

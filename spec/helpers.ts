@@ -256,3 +256,15 @@ export function countResponses(received: Buffer): number {
 export function invariant(stats: { records: number; sent: number; dropped: number; buffered: number }): boolean {
   return stats.records === stats.sent + stats.dropped + stats.buffered;
 }
+
+/**
+ * Pushes `count` records of 10 KB, numbered `{"n":i,...}`, yielding now and then: 10 MB for 1 000,
+ * more than the kernel's buffers take from a connection that is not read.
+ */
+export async function pushNumbered(client: { push(line: string): void }, count: number): Promise<void> {
+  const pad = 'x'.repeat(10_000);
+  for (let i = 0; i < count; i++) {
+    client.push(`{"n":${i},"pad":"${pad}"}\r\n`);
+    if (i % 50 === 0) await new Promise((resolve) => setImmediate(resolve));
+  }
+}
