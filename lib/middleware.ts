@@ -795,7 +795,6 @@ function baseUrl(req: ExpressLikeRequest, exchange: LiveExchange): string {
   return exchange.mountedAt.length > atFinish.length ? exchange.mountedAt : atFinish;
 }
 
-/** An incoming `x-request-id` (from a proxy or the client), logged as `request.id`. */
 /** Express route paths are strings, but may be a RegExp or an array of either. */
 function routePath(path: unknown): string {
   if (Array.isArray(path)) return path.map(routePath).join(',');

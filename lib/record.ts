@@ -116,7 +116,7 @@ export function buildRecord(
   extras?: Extras,
 ): Record<string, unknown> {
   const request: Record<string, unknown> = {};
-  // The same header's value in `headers`, so decoded the same way.
+  // The same header's value in `headers`, decoded the same way (by the capture).
   if (exchange.requestId !== undefined) {
     request['id'] = settings.redact?.has(REQUEST_ID) === true ? REDACTED : exchange.requestId;
   }
