@@ -79,8 +79,8 @@ interface Connection {
   handle: { readonly writeQueueSize?: unknown } | null;
   /** Bytes still queued in the handle when the connection ended, or -1 when not known. */
   unsent: number;
-  /** Writes confirmed so far: progress, for the stall check. */
-  writesConfirmed: number;
+  /** When a write was last confirmed (performance.now()): progress, for the stall check. */
+  confirmedAt: number;
   /**
    * Bytes of in-flight batches whose write Node confirmed only once the socket was destroyed.
    * Node confirms every write then, even one the kernel never took: their fate is settled at
@@ -262,7 +262,7 @@ export class TcpLogClient implements RecordSink {
       errored: false,
       handle: null,
       unsent: -1,
-      writesConfirmed: 0,
+      confirmedAt: -Infinity,
       confirmedLate: 0,
     };
     // unref: logging must never keep the process alive (close() refs it while it flushes; never a
@@ -529,15 +529,20 @@ export class TcpLogClient implements RecordSink {
   #watchStall(connection: Connection): void {
     const { socket } = connection;
     const { timeout } = this.settings;
-    let writes = connection.writesConfirmed;
     let queued = queuedBytes(socket);
     const check = (): void => {
       connection.stallTimer = null;
       const now = queuedBytes(socket);
-      if (connection.writesConfirmed !== writes || (now !== -1 && now < queued)) {
-        writes = connection.writesConfirmed;
+      if (now !== -1 && now < queued) {
         queued = now;
         connection.stallTimer = this.#timer(check, timeout);
+        return;
+      }
+      // From the last write confirmed: one the kernel took at once is confirmed only on the next
+      // tick, after this watch began, and must not buy a second `timeout`.
+      const quiet = performance.now() - connection.confirmedAt;
+      if (quiet < timeout) {
+        connection.stallTimer = this.#timer(check, timeout - quiet);
         return;
       }
       noteUnsent(connection);
@@ -558,7 +563,7 @@ export class TcpLogClient implements RecordSink {
     }
     const index = connection.inFlight.indexOf(batch);
     if (index === -1) return;
-    connection.writesConfirmed++;
+    connection.confirmedAt = performance.now();
     connection.inFlight.splice(index, 1);
     this.#queue.sent(batch);
     connection.confirmed = true;
