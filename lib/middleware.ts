@@ -360,7 +360,7 @@ function onSocketClose(this: Socket): void {
   const waiting = marks?.waiting;
   if (!marks || !waiting) return;
   marks.waiting = null;
-  for (const exchange of waiting) buildAndSend(exchange.res);
+  for (const exchange of waiting) logAbandoned(exchange);
 }
 
 /**
@@ -531,12 +531,14 @@ function noteEnd(socket: Socket): void {
 }
 
 /**
- * Logs an exchange whose client left before it reached this middleware. After the turn, so that
- * instances further down the same chain (router level) have set the innermost configuration;
- * kept afterwards, marked built, so that one reached later neither logs it again nor starts anew.
+ * Logs an exchange whose client left: at the connection's close, or, when it left before the
+ * exchange reached this middleware, after the turn, so that instances further down the same
+ * chain (router level) have set the innermost configuration. Kept afterwards, marked built, so
+ * that an instance reached later (the request is still going through the app) neither logs it
+ * again nor starts anew; unless no open instance took it, and then one reached later logs it.
  */
 function logAbandoned(exchange: LiveExchange): void {
-  buildAndSend(exchange.res);
+  if (!buildAndSend(exchange.res)) return;
   exchange.built = true;
   byResponse.set(exchange.res, exchange);
 }
@@ -563,10 +565,13 @@ function loggingInstance(exchange: LiveExchange): Instance | null {
   return null;
 }
 
-/** Builds the record of a finished (or abandoned) response and hands it to the sink. */
-function buildAndSend(res: TrackedResponse): void {
+/**
+ * Builds the record of a finished (or abandoned) response and hands it to the sink. Whether an
+ * open instance took it (logged, or skipped by its `skip`).
+ */
+function buildAndSend(res: TrackedResponse): boolean {
   const exchange = byResponse.get(res);
-  if (!exchange || exchange.built) return;
+  if (!exchange || exchange.built) return false;
   const { req } = exchange;
   // No middleware took the request (another server's, or routed elsewhere): nothing to log, but
   // a logged response after it on the same connection starts where this one ended.
@@ -581,7 +586,7 @@ function buildAndSend(res: TrackedResponse): void {
     if (req.push === countingPush) req.push = exchange.push;
   }
   const instance = loggingInstance(exchange);
-  if (instance === null) return;
+  if (instance === null) return false;
   try {
     // What was sent is read before any hook runs: a hook that changes `req` or `res` (or
     // `res._header`) cannot change the record.
@@ -591,7 +596,7 @@ function buildAndSend(res: TrackedResponse): void {
       const skip = hooks.skip;
       // Any truthy value, as morgan takes it: a JavaScript app may return a string or a match.
       const skipped = callHook(instance, 'skip', () => skip(req, res));
-      if (skipped !== FAILED && Boolean(skipped)) return;
+      if (skipped !== FAILED && Boolean(skipped)) return true;
     }
     const extras = hooks.consumer !== null || hooks.customFields.length > 0 ? runHooks(instance, req, res) : undefined;
     let written: { readonly data: Buffer; readonly length: number };
@@ -615,6 +620,7 @@ function buildAndSend(res: TrackedResponse): void {
     // An event listener: a throw here would crash the app.
     instance.reportInternal(err);
   }
+  return true;
 }
 
 const FAILED = Symbol('hook failed');

@@ -961,3 +961,61 @@ describe('a router-level instance closed while its requests are in flight', () =
     await until(() => outer.stats().sent === 1);
   });
 });
+
+describe('a client that leaves between two nested instances', () => {
+  let receiver: LineServer;
+  let http: Listening;
+  let outer: tcplog.Middleware;
+  let inner: tcplog.Middleware;
+  /** Each request held between the two instances, with the function that lets it go on. */
+  const gate = new EventEmitter();
+  /** Emitted once a request has passed the inner instance. */
+  const passed = new EventEmitter();
+
+  before(async () => {
+    receiver = await startLineServer();
+    outer = tcplog({ host: '127.0.0.1', port: receiver.port, api: { name: 'app' } });
+    inner = tcplog({ host: '127.0.0.1', port: receiver.port, api: { name: 'router' } });
+    const app = express();
+    app.use(outer);
+    app.use('/r', (_req, _res, next) => {
+      gate.emit('held', () => next());
+    });
+    const router = express.Router();
+    router.use(inner);
+    router.use((_req, res) => {
+      passed.emit('request');
+      res.send('late');
+    });
+    app.use('/r', router);
+    app.get('/after', (_req, res) => {
+      res.send('after');
+    });
+    http = await listen(app);
+  });
+
+  closeAfter(() => [http, inner, outer, receiver]);
+
+  it('is logged once, when it leaves, though the request then goes through the inner instance', async () => {
+    const held = once(gate, 'held');
+    const socket = net.connect(http.port, '127.0.0.1');
+    socket.on('error', () => undefined);
+    socket.write('GET /r/x HTTP/1.1\r\nHost: h\r\n\r\n');
+    const [release] = (await held) as [() => void];
+    socket.destroy();
+    await receiver.waitForLines(1);
+    const through = once(passed, 'request');
+    release();
+    await through;
+    // Records keep their finish order: a second record of /r/x would come before this one.
+    await request(http.port, '/after');
+    await receiver.waitForLines(2);
+    assert.deepEqual(
+      receiver.records().map((r) => [r['request'].uri, r['api'].name]),
+      [
+        ['/r/x', 'app'],
+        ['/after', 'app'],
+      ],
+    );
+  });
+});
