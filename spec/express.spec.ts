@@ -921,6 +921,14 @@ describe('what the client got, when some of the response never went out', () => 
   });
 });
 
+/** An app-level instance ('app') and a router-level one ('router'), both logging to `port`. */
+function nestedPair(port: number): { outer: tcplog.Middleware; inner: tcplog.Middleware } {
+  return {
+    outer: tcplog({ host: '127.0.0.1', port, api: { name: 'app' } }),
+    inner: tcplog({ host: '127.0.0.1', port, api: { name: 'router' } }),
+  };
+}
+
 describe('a router-level instance closed while its requests are in flight', () => {
   let receiver: LineServer;
   let http: Listening;
@@ -931,8 +939,7 @@ describe('a router-level instance closed while its requests are in flight', () =
 
   before(async () => {
     receiver = await startLineServer();
-    outer = tcplog({ host: '127.0.0.1', port: receiver.port, api: { name: 'app' } });
-    inner = tcplog({ host: '127.0.0.1', port: receiver.port, api: { name: 'router' } });
+    ({ outer, inner } = nestedPair(receiver.port));
     const app = express();
     app.use(outer);
     const router = express.Router();
@@ -974,8 +981,7 @@ describe('a client that leaves between two nested instances', () => {
 
   before(async () => {
     receiver = await startLineServer();
-    outer = tcplog({ host: '127.0.0.1', port: receiver.port, api: { name: 'app' } });
-    inner = tcplog({ host: '127.0.0.1', port: receiver.port, api: { name: 'router' } });
+    ({ outer, inner } = nestedPair(receiver.port));
     const app = express();
     app.use(outer);
     app.use('/r', (_req, _res, next) => {
