@@ -8,6 +8,7 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import { TcpLogDeliveryError, asError, tell, type ErrorHandler } from './errors.js';
+import { queuedBytes, tcpHandle, type StreamHandle } from './handle.js';
 import type { DestinationSettings, ServerSettings } from './options.js';
 import type { RecordSink } from './middleware.js';
 import { RecordQueue, type Batch } from './queue.js';
@@ -73,11 +74,14 @@ interface Connection {
   /** It reported an error: its close says nothing about the collector being back. */
   errored: boolean;
   /**
-   * The socket's libuv handle (plain TCP), kept to read its write queue as the connection ends:
-   * Node drops its own reference first. Over TLS the queue holds encrypted bytes: null.
+   * The TCP handle under the socket, kept to read its write queue: for progress (see
+   * #watchStall), and as the connection ends (Node drops its own reference first).
    */
-  handle: { readonly writeQueueSize?: unknown } | null;
-  /** Bytes still queued in the handle when the connection ended, or -1 when not known. */
+  handle: StreamHandle | null;
+  /**
+   * Bytes still queued in the handle when the connection ended, or -1 when not known (over TLS
+   * the queue holds encrypted bytes, which do not say which records went out).
+   */
   unsent: number;
   /** When a write was last confirmed (performance.now()): progress, for the stall check. */
   confirmedAt: number;
@@ -341,8 +345,7 @@ export class TcpLogClient implements RecordSink {
     if (connection !== this.#active) return;
     connection.state = 'open';
     connection.openedAt = performance.now();
-    if (!connection.server.tls)
-      connection.handle = (connection.socket as { _handle?: Connection['handle'] })._handle ?? null;
+    connection.handle = tcpHandle(connection.socket);
     this.#connects++;
     if (this.settings.keepalive > 0) connection.socket.setTimeout(this.settings.keepalive);
     // Not at once: a connection that opens and fails at once would end and start an outage each
@@ -529,10 +532,10 @@ export class TcpLogClient implements RecordSink {
   #watchStall(connection: Connection): void {
     const { socket } = connection;
     const { timeout } = this.settings;
-    let queued = queuedBytes(socket);
+    let queued = queuedBytes(connection.handle);
     const check = (): void => {
       connection.stallTimer = null;
-      const now = queuedBytes(socket);
+      const now = queuedBytes(connection.handle);
       if (now !== -1 && now < queued) {
         queued = now;
         connection.stallTimer = this.#timer(check, timeout);
@@ -725,27 +728,9 @@ function jitter(ms: number): number {
   return Math.round(ms / 2 + Math.random() * (ms / 2));
 }
 
-/**
- * Bytes the socket's writes still have queued in the process (in libuv's queue), or -1 when it
- * cannot be read. Over TLS, the encrypted bytes queued for the TCP handle under the TLS one.
- */
-function queuedBytes(socket: net.Socket): number {
-  const handle = (socket as { _handle?: StreamHandle | null })._handle;
-  const tcp = handle?._parent ?? handle;
-  return typeof tcp?.writeQueueSize === 'number' ? tcp.writeQueueSize : -1;
-}
-
-/** What is read of a libuv stream handle: its write queue, and under TLS the TCP handle. */
-interface StreamHandle {
-  readonly writeQueueSize?: unknown;
-  readonly _parent?: StreamHandle | null;
-}
-
 /** Reads, once, the bytes still queued in the connection's handle (see Connection.unsent). */
 function noteUnsent(connection: Connection): void {
-  if (connection.unsent !== -1 || connection.handle === null) return;
-  const queued = connection.handle.writeQueueSize;
-  if (typeof queued === 'number') connection.unsent = queued;
+  if (connection.unsent === -1 && !connection.server.tls) connection.unsent = queuedBytes(connection.handle);
 }
 
 function ignoreError(): void {

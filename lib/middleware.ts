@@ -16,6 +16,7 @@ import { ServerResponse, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { PACKAGE, ignoreRejection, isThenable, show, thrownText } from './errors.js';
+import { queuedBytes, tcpHandle, type StreamHandle } from './handle.js';
 import type { Hooks, RecordSettings } from './options.js';
 import {
   REQUEST_ID,
@@ -84,7 +85,7 @@ interface SocketMarks {
    * its own reference first). Plain TCP only: over TLS the queue holds encrypted bytes, which do
    * not compare with `bytesWritten`. Null when not read.
    */
-  handle: { readonly writeQueueSize?: unknown } | null;
+  handle: StreamHandle | null;
   /**
    * Bytes `bytesWritten` counts that were still queued in the process when the connection failed:
    * they never went out (a client that left in the middle of a `res.send()` of 50 MB).
@@ -204,7 +205,7 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
     if (marks.announced) {
       socket.on('close', onSocketClose);
       if (!(socket as { encrypted?: boolean }).encrypted) {
-        marks.handle = (socket as { _handle?: SocketMarks['handle'] })._handle ?? null;
+        marks.handle = tcpHandle(socket);
         if (marks.handle !== null) socket.on('error', onSocketError);
       }
     }
@@ -369,8 +370,8 @@ function onSocketClose(this: Socket): void {
  */
 function onSocketError(this: Socket, err: unknown): void {
   const marks = marksBySocket.get(this);
-  const queued = marks?.handle?.writeQueueSize;
-  if (marks !== undefined && typeof queued === 'number' && queued > 0) marks.unsent = queued;
+  const queued = queuedBytes(marks?.handle ?? null);
+  if (marks !== undefined && queued > 0) marks.unsent = queued;
   // Alone, this listener would make an error handled that was not: the socket's owner has let it
   // go (Node's server hands an upgraded socket to its 'upgrade' handler with no listener of its
   // own). It stays unhandled, thrown from the emit as it would be without this module.
