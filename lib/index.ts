@@ -89,13 +89,13 @@ function notify(onError: ErrorHandler | null, error: Error, warning: string | nu
 }
 
 function createTcplog(target: unknown, more?: unknown, ...rest: unknown[]): TcpLogMiddleware {
-  if (typeof rest[0] === 'function' && looksLikeRequest(target, more)) {
-    // Failing the request through next() shows the mistake on the first request instead of hanging it.
+  if (looksLikeRequest(target, more)) {
+    // Failing the request through next() shows the mistake on the first request instead of
+    // hanging it. With no next() to fail it through, the listener's throw is the only way to say it.
+    if (typeof rest[0] !== 'function') throw new TypeError(MISUSE);
     (rest[0] as Next)(new TypeError(MISUSE));
     return undefined as unknown as TcpLogMiddleware;
   }
-  // No next() to fail the request through: the listener's throw is the only way to say it.
-  if (looksLikeRequest(target, more)) throw new TypeError(MISUSE);
   if (rest.length > 0) {
     throw new TypeError(
       `${PACKAGE}: tcplog() takes at most two arguments (a connection string and options); got ${2 + rest.length}`,
