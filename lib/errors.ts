@@ -5,6 +5,9 @@
 
 export const PACKAGE = 'express-tcplog';
 
+/** What is said of a value whose text cannot be read (a revoked Proxy, a getter that throws). */
+const UNSHOWABLE = 'a value that cannot be shown';
+
 /** Shows a value the way a user would have typed it, so an error message can quote it. Never throws. */
 export function show(value: unknown): string {
   try {
@@ -24,7 +27,7 @@ export function show(value: unknown): string {
     return text.length > 120 ? `${text.slice(0, 117)}...` : text;
   } catch {
     // A revoked Proxy, a getter that throws: the message must still be made.
-    return 'a value that cannot be shown';
+    return UNSHOWABLE;
   }
 }
 
@@ -41,7 +44,7 @@ export function thrownText(thrown: unknown): string {
     }
     return String(thrown);
   } catch {
-    return 'a value that cannot be shown';
+    return UNSHOWABLE;
   }
 }
 
