@@ -591,11 +591,7 @@ function checkCa(ca: unknown, refused: (why: string) => TcpLogOptionTypeError): 
   entries.forEach((entry, i) => {
     const where = Array.isArray(ca) ? `"ca[${i}]"` : '"ca"';
     const text =
-      typeof entry === 'string'
-        ? entry
-        : ArrayBuffer.isView(entry)
-          ? Buffer.from(entry.buffer, entry.byteOffset, entry.byteLength).toString('latin1')
-          : null;
+      typeof entry === 'string' ? entry : ArrayBuffer.isView(entry) ? viewBytes(entry).toString('latin1') : null;
     if (text === null) throw refused(`${where} must be a PEM string or a Buffer`);
     // OpenSSL's trusted form (Fedora's bundle) and the old X509 label are certificates too.
     const begin = /-----BEGIN (?:TRUSTED |X509 )?CERTIFICATE-----/.exec(text)?.index ?? -1;
@@ -610,6 +606,11 @@ function checkCa(ca: unknown, refused: (why: string) => TcpLogOptionTypeError): 
     if (!readable)
       throw refused(`${where} holds no PEM certificate Node can read (a file's content is needed, not its path)`);
   });
+}
+
+/** The bytes of any view Node takes for TLS data (a Buffer, a Uint8Array, a DataView), not copied. */
+function viewBytes(view: ArrayBufferView): Buffer {
+  return Buffer.from(view.buffer, view.byteOffset, view.byteLength);
 }
 
 /** Ids of the TLS option values compared by identity (see tlsKey()). */
@@ -638,7 +639,7 @@ function tlsKey(tls: Readonly<ConnectionOptions> | null): string {
     const original = this[key];
     // Any view (Node takes a Uint8Array or a DataView as well as a Buffer) is data.
     if (ArrayBuffer.isView(original)) {
-      return `buffer:${Buffer.from(original.buffer, original.byteOffset, original.byteLength).toString('base64')}`;
+      return `buffer:${viewBytes(original).toString('base64')}`;
     }
     if (typeof value === 'function') return identity(value);
     if (typeof value === 'object' && value !== null && !Array.isArray(value) && !isPlainObject(value)) {
