@@ -520,7 +520,9 @@ export class TcpLogClient implements RecordSink {
       connection.inFlight.push(batch);
       socket.write(batch.data, (err) => this.#onWritten(connection, batch, err));
     }
-    if (socket.writableNeedDrain && !connection.stallTimer) this.#watchStall(connection);
+    // Watched whenever a write is in flight, not only once write() says to wait: a few small
+    // writes to a collector that stopped reading stay under the high-water mark for good.
+    if (connection.inFlight.length > 0 && !connection.stallTimer) this.#watchStall(connection);
   }
 
   /**
@@ -535,6 +537,8 @@ export class TcpLogClient implements RecordSink {
     let queued = queuedBytes(connection.handle);
     const check = (): void => {
       connection.stallTimer = null;
+      // Everything written was confirmed: the next flush watches again.
+      if (connection.inFlight.length === 0) return;
       const now = queuedBytes(connection.handle);
       if (now !== -1 && now < queued) {
         queued = now;

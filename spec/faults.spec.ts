@@ -254,6 +254,48 @@ for (const transport of transports) {
       });
     }
 
+    it('a collector that stops reading under a trickle of small records: the stall is noticed', async () => {
+      // One small record per turn: the writes stuck behind a full kernel buffer stay under the
+      // socket's high-water mark, so write() never says to wait.
+      const receiver = await receiverOn();
+      let stuck: net.Socket | null = null;
+      receiver.on('connection', (socket: net.Socket) => {
+        if (receiver.connections === 1) {
+          socket.pause();
+          stuck = socket;
+        }
+      });
+      const errors: Error[] = [];
+      const client = new TcpLogClient(
+        parseOptions({ ...transport.destination(receiver.port), timeout: 300, maxBufferBytes: 64 << 20 }).destination,
+      );
+      client.addReporter((err) => errors.push(err));
+      cleanup.push(() => void client.shutdown());
+      const pad = 'x'.repeat(3_000);
+      let count = 0;
+      const push = (): void => client.push(`{"n":${count++},"pad":"${pad}"}\r\n`);
+      const turn = (): Promise<void> => new Promise((resolve) => setImmediate(resolve));
+      // Until the kernel takes no more: records then wait behind the writes in flight.
+      while (client.stats().buffered < 10 && count < 20_000) {
+        push();
+        await turn();
+      }
+      assert.ok(client.stats().buffered >= 10, `records wait behind stuck writes (${count} pushed)`);
+      const stalled = (): boolean => errors.some((err) => (err as Code).code === 'ESTALLED');
+      const deadline = Date.now() + 5_000;
+      while (!stalled() && Date.now() < deadline) {
+        push();
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      assert.ok(stalled(), `the stall is reported (${errors.map((err) => (err as Code).code).join() || 'nothing'})`);
+      stuck!.resume();
+      await until(() => client.stats().buffered === 0, 10_000, 'everything to be written');
+      const seen = (): number[] => receiver.records().map((record) => record['n'] as number);
+      await until(() => new Set(seen()).size === count, 5_000, `all ${count} records (${new Set(seen()).size})`);
+      assert.deepEqual([client.stats().sent, client.stats().dropped], [count, 0]);
+      if (transport.name === 'tcp') assert.equal(seen().length, count, 'each record once');
+    });
+
     it('a collector that reads slowly keeps its connection, even under a record it takes longer than timeout to read', async () => {
       const receiver = await receiverOn();
       // Reads in short bursts: steady progress, but 8 MB takes longer than `timeout`. (The client
