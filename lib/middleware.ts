@@ -135,7 +135,11 @@ interface LiveExchange {
    * if `instance` is closed before the record is made, the next open one out logs it.
    */
   outer: OuterTake | null;
-  /** Its record was built already (see logAbandoned). */
+  /**
+   * Its record was built (or skipped) already. Kept so that an instance the request reaches
+   * afterwards (it goes on through the app after its response ended) neither logs it again nor
+   * starts anew.
+   */
   built: boolean;
 }
 
@@ -177,6 +181,10 @@ export function createHandler(instance: Instance): Handler {
 
 function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedResponse): void {
   const existing = byResponse.get(res);
+  if (existing !== undefined && (existing.built || existing.endedAt !== -1)) {
+    if (!existing.built) takeLate(instance, existing, req);
+    return;
+  }
   if (existing !== undefined && existing.instance !== null) {
     // Nested instances (app-level, then router-level): one record, with the innermost's settings.
     if (!instance.closed) {
@@ -488,15 +496,42 @@ function onFinish(this: ServerResponse): void {
   if (exchange) settle(exchange);
 }
 
-/** Takes the end marks once: at the finish, or at 'close' when the client went away first. */
+/**
+ * A request that reaches an instance after its response ended: a middleware in front answered
+ * (connect-timeout's 503, say) and let the request go on. It is logged now, as it stands. If no
+ * instance had it, its time here is nil: `started_at` is when the response finished, and the
+ * latencies are 0. After the turn, as logAbandoned, so that an instance further in is the one.
+ */
+function takeLate(instance: Instance, exchange: LiveExchange, req: ExpressLikeRequest): void {
+  if (instance.closed) return;
+  if (exchange.instance === null) {
+    exchange.startedAt = Date.now() - Math.round(performance.now() - exchange.endedAt);
+    exchange.arrivedAt = exchange.endedAt;
+    if (exchange.headersAt !== null) exchange.headersAt = exchange.endedAt;
+    exchange.mountedAt = req.baseUrl ?? '';
+  } else {
+    exchange.outer = { instance: exchange.instance, mountedAt: exchange.mountedAt, outer: exchange.outer };
+    exchange.mountedAt = req.baseUrl ?? '';
+  }
+  exchange.instance = instance;
+  setImmediate(logAbandoned, exchange);
+}
+
+/**
+ * Takes the end marks once: at the finish, or at 'close' when the client went away first. For a
+ * response no instance has taken (yet: see takeLate), only where it ended.
+ */
 function settle(exchange: LiveExchange): void {
   if (exchange.endedAt !== -1) return;
   const { socket } = exchange;
   const marks = marksBySocket.get(socket);
   // What went out: not what was still queued when the connection failed.
   const written = socket.bytesWritten - (marks?.unsent ?? 0);
-  const start = exchange.writtenAtStart !== -1 ? exchange.writtenAtStart : (marks?.lastEnd ?? 0);
-  if (marks) {
+  const start =
+    exchange.writtenAtStart !== -1 ? exchange.writtenAtStart : (marks?.lastEnd ?? unloggedEnds.get(socket) ?? 0);
+  if (exchange.instance === null) {
+    noteEnd(socket);
+  } else if (marks) {
     marks.open--;
     marks.lastEnd = written;
     const waiting = marks.waiting;
@@ -532,16 +567,12 @@ function noteEnd(socket: Socket): void {
 }
 
 /**
- * Logs an exchange whose client left: at the connection's close, or, when it left before the
- * exchange reached this middleware, after the turn, so that instances further down the same
- * chain (router level) have set the innermost configuration. Kept afterwards, marked built, so
- * that an instance reached later (the request is still going through the app) neither logs it
- * again nor starts anew; unless no open instance took it, and then one reached later logs it.
+ * Logs an exchange whose client left, at the connection's close; or one that ended before it
+ * reached this middleware, after the turn, so that instances further down the same chain
+ * (router level) have set the innermost configuration.
  */
 function logAbandoned(exchange: LiveExchange): void {
-  if (!buildAndSend(exchange.res)) return;
-  exchange.built = true;
-  byResponse.set(exchange.res, exchange);
+  buildAndSend(exchange.res);
 }
 
 function onClose(this: TrackedResponse): void {
@@ -567,27 +598,26 @@ function loggingInstance(exchange: LiveExchange): Instance | null {
 }
 
 /**
- * Builds the record of a finished (or abandoned) response and hands it to the sink. Whether an
- * open instance took it (logged, or skipped by its `skip`).
+ * Builds the record of a finished (or abandoned) response and hands it to the sink, once, if an
+ * open instance has it.
  */
-function buildAndSend(res: TrackedResponse): boolean {
+function buildAndSend(res: TrackedResponse): void {
   const exchange = byResponse.get(res);
-  if (!exchange || exchange.built) return false;
+  if (!exchange || exchange.built) return;
   const { req } = exchange;
-  // No middleware took the request (another server's, or routed elsewhere): nothing to log, but
-  // a logged response after it on the same connection starts where this one ended.
-  if (exchange.instance !== null) settle(exchange);
-  else noteEnd(exchange.socket);
-  // The record is built once: let go of the exchange now rather than when the collector finds
-  // its key dead, so the tables stay as small as the number of requests in progress.
-  byResponse.delete(res);
+  // No middleware took the request (another server's, or routed elsewhere; or not yet: see
+  // takeLate): a logged response after it on the same connection starts where this one ended.
+  settle(exchange);
+  // The exchange stays in the table, until the response is collected: the request may still be
+  // on its way through the app, to an instance that must know it ended (see takeLate).
   if (exchange.writeHead !== null && res.writeHead === timedWriteHead) res.writeHead = exchange.writeHead;
   if (exchange.push !== null) {
     byRequest.delete(req);
     if (req.push === countingPush) req.push = exchange.push;
   }
   const instance = loggingInstance(exchange);
-  if (instance === null) return false;
+  if (instance === null) return;
+  exchange.built = true;
   try {
     // What was sent is read before any hook runs: a hook that changes `req` or `res` (or
     // `res._header`) cannot change the record.
@@ -597,7 +627,7 @@ function buildAndSend(res: TrackedResponse): boolean {
       const skip = hooks.skip;
       // Any truthy value, as morgan takes it: a JavaScript app may return a string or a match.
       const skipped = callHook(instance, 'skip', () => skip(req, res));
-      if (skipped !== FAILED && Boolean(skipped)) return true;
+      if (skipped !== FAILED && Boolean(skipped)) return;
     }
     const extras = hooks.consumer !== null || hooks.customFields.length > 0 ? runHooks(instance, req, res) : undefined;
     let written: { readonly data: Buffer; readonly length: number };
@@ -621,7 +651,6 @@ function buildAndSend(res: TrackedResponse): boolean {
     // An event listener: a throw here would crash the app.
     instance.reportInternal(err);
   }
-  return true;
 }
 
 const FAILED = Symbol('hook failed');

@@ -1025,3 +1025,103 @@ describe('a client that leaves between two nested instances', () => {
     );
   });
 });
+
+/**
+ * A middleware in front that answers and lets the request go on (connect-timeout's 503 without
+ * `haltOnTimedout`), then a slow one: the request reaches the router-level instance after its
+ * response ended. Connections are kept open, so that a record held for their close would show.
+ */
+describe('a response that ends before the request reaches an instance', () => {
+  let receiver: LineServer;
+  let http: Listening;
+  let outer: tcplog.Middleware;
+  let inner: tcplog.Middleware;
+  /** Each request to `.../x`, answered 503 and held before the router, with what lets it go on. */
+  const gate = new EventEmitter();
+  /** Emitted once a request has passed the inner instance. */
+  const passed = new EventEmitter();
+
+  before(async () => {
+    receiver = await startLineServer();
+    ({ outer, inner } = nestedPair(receiver.port));
+    const app = express();
+    // The app-level instance only sees requests under /both.
+    app.use('/both', outer);
+    const answerEarly: express.RequestHandler = (req, res, next) => {
+      if (req.path !== '/x') return next();
+      res.status(503).send('timed out');
+      gate.emit('held', () => next());
+    };
+    app.use(['/both', '/inner'], answerEarly);
+    const router = express.Router();
+    router.use(inner);
+    router.use((_req, res) => {
+      passed.emit('request');
+      if (!res.headersSent) res.send('late');
+    });
+    app.use(['/both', '/inner'], router);
+    http = await listen(app);
+  });
+
+  closeAfter(() => [http, inner, outer, receiver]);
+
+  /** Sends `path` on a connection left open, and returns it with the bytes of the reply. */
+  async function heldRequest(path: string): Promise<{ socket: net.Socket; reply: Buffer }> {
+    const held = once(gate, 'held');
+    const socket = net.connect(http.port, '127.0.0.1');
+    socket.on('error', () => undefined);
+    const chunks: Buffer[] = [];
+    socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+    socket.write(`GET ${path} HTTP/1.1\r\nHost: h\r\n\r\n`);
+    const [release] = (await held) as [() => void];
+    await until(() => Buffer.concat(chunks).toString('latin1').endsWith('timed out'), 5_000, 'the 503');
+    const through = once(passed, 'request');
+    release();
+    await through;
+    return { socket, reply: Buffer.concat(chunks) };
+  }
+
+  it('with an app-level instance that logged it: logged once, by that instance', async () => {
+    const before = receiver.lines.length;
+    const { socket } = await heldRequest('/both/x');
+    // Records keep their finish order: a second record of /both/x would come before this one.
+    await request(http.port, '/both/after');
+    socket.destroy();
+    await request(http.port, '/both/last');
+    await receiver.waitForLines(before + 3);
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.deepEqual(
+      receiver
+        .records()
+        .slice(before)
+        .map((r) => [r['request'].uri, r['api'].name, r['response'].status]),
+      [
+        ['/both/x', 'app', 503],
+        ['/both/after', 'router', 200],
+        ['/both/last', 'router', 200],
+      ],
+    );
+  });
+
+  it('reaching its only instance late: logged then, as it stands, not when the connection closes', async () => {
+    const before = receiver.lines.length;
+    const records = inner.stats().records;
+    const { socket, reply } = await heldRequest('/inner/x');
+    try {
+      await receiver.waitForLines(before + 1);
+      const record = receiver.records()[before] as Json;
+      assert.equal(record['request'].uri, '/inner/x');
+      assert.equal(record['api'].name, 'router');
+      assert.equal(record['response'].status, 503);
+      assert.equal(record['response'].size, reply.length, 'the bytes the client got');
+      assert.deepEqual(record['latencies'], { request: 0, proxy: 0 }, 'no time spent after the logger');
+      assert.ok(Math.abs(record['started_at'] - Date.now()) < 60_000, String(record['started_at']));
+      assert.equal(inner.stats().records, records + 1);
+    } finally {
+      socket.destroy();
+    }
+    await request(http.port, '/inner/after');
+    await receiver.waitForLines(before + 2);
+    assert.equal(receiver.records()[before + 1]?.['request'].uri, '/inner/after', 'nothing more of /inner/x');
+  });
+});
