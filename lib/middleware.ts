@@ -759,9 +759,10 @@ function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchang
     requestBodyBytes: exchange.bodyBytes,
     scheme:
       (trusting ? expressValue(req, 'protocol') : undefined) ??
+      (sent === null ? pseudoHeader(req, 'scheme') : undefined) ??
       ((socket as { encrypted?: boolean }).encrypted ? 'https' : 'http'),
     host:
-      (sent !== null ? rawHeader(rawHeaders, 'host') : req.headers.host) ??
+      (sent !== null ? rawHeader(rawHeaders, 'host') : (req.headers.host ?? pseudoHeader(req, 'authority'))) ??
       marksBySocket.get(socket)?.localHost ??
       localHost(socket),
     startedAt: exchange.startedAt,
@@ -776,6 +777,15 @@ function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchang
     // What arrived, as `request.headers` has it: not a value the app put in `req.headers`.
     requestId: joinedHeaderText(rawHeaders, REQUEST_ID),
   };
+}
+
+/**
+ * `:scheme` or `:authority` of a request made by the HTTP/2 compatibility API, which has no Host
+ * header, and whose socket is a stand-in that does not say it is encrypted.
+ */
+function pseudoHeader(req: ExpressLikeRequest, name: 'scheme' | 'authority'): string | undefined {
+  const value = (req as { [key in typeof name]?: unknown })[name];
+  return typeof value === 'string' && value.length > 0 ? value : undefined;
 }
 
 /** `address:port` of the socket's own end, for a request without a Host header (HTTP/1.0). */

@@ -14,6 +14,7 @@ import connect from 'connect';
 import express5 from 'express';
 import tcplog = require('../lib/index.js');
 import { LineServer, freePort, invariant, listen, rawExchange, request, startLineServer } from './helpers.js';
+import { pem } from './transports.js';
 
 // Express 4 is installed as the dev alias `express4`; its types are close enough to 5's for a spec.
 const express4 = require('express4') as typeof express5;
@@ -169,6 +170,34 @@ describe('works with', () => {
       assert.equal(record['response'].headers['content-type'], 'text/plain');
       // Streams share the session's socket: no byte count of their own, so the declared length.
       assert.equal(record['response'].size, 8);
+    } finally {
+      session.close();
+      server.close();
+      await once(server, 'close');
+    }
+  });
+
+  it('over HTTP/2 with TLS, request_uri has the https scheme and the :authority the client sent', async () => {
+    const mw = logger('h2s');
+    const server = http2.createSecureServer(
+      { key: pem('server-key.pem'), cert: pem('server-cert.pem') },
+      function handler(req, res) {
+        (mw as unknown as (q: typeof req, s: typeof res, next: () => void) => void)(req, res, function answer() {
+          res.end('ok');
+        });
+      },
+    );
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const port = (server.address() as AddressInfo).port;
+    const session = http2.connect(`https://localhost:${port}`, { ca: pem('ca-cert.pem'), host: '127.0.0.1' });
+    try {
+      const stream = session.request({ ':path': '/h2s?x=1' });
+      stream.resume();
+      stream.end();
+      await once(stream, 'end');
+      const record = await recordFor('h2s');
+      assert.equal(record['request'].request_uri, `https://localhost:${port}/h2s?x=1`);
     } finally {
       session.close();
       server.close();
