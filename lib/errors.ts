@@ -3,6 +3,8 @@
  * errors are never thrown: they go to `onError` and the counters.
  */
 
+import { inspect } from 'node:util';
+
 export const PACKAGE = 'express-tcplog';
 
 /** What is said of a value whose text cannot be read (a revoked Proxy, a getter that throws). */
@@ -19,16 +21,28 @@ export function show(value: unknown): string {
     if (typeof value === 'symbol') return value.toString();
     let text: string;
     try {
-      text = JSON.stringify(value) ?? Object.prototype.toString.call(value);
+      // An instance of a class is shown with its class: JSON would make it look like the plain
+      // object an option may ask for.
+      text = isInstance(value) ? inspected(value) : (JSON.stringify(value) ?? Object.prototype.toString.call(value));
     } catch {
-      // Circular structures and the like: the type is still worth showing.
-      text = Object.prototype.toString.call(value);
+      // Circular structures, BigInts inside: as Node would print them.
+      text = inspected(value);
     }
     return text.length > 120 ? `${text.slice(0, 117)}...` : text;
   } catch {
     // A revoked Proxy, a getter that throws: the message must still be made.
     return UNSHOWABLE;
   }
+}
+
+function isInstance(value: unknown): boolean {
+  if (typeof value !== 'object' || value === null) return false;
+  const prototype: unknown = Object.getPrototypeOf(value);
+  return prototype !== null && prototype !== Object.prototype && prototype !== Array.prototype;
+}
+
+function inspected(value: unknown): string {
+  return inspect(value, { depth: 2, breakLength: Infinity, maxArrayLength: 10, maxStringLength: 120 });
 }
 
 /**

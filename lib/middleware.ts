@@ -716,7 +716,7 @@ function consumerValue(instance: Instance, value: unknown): unknown {
   }
   instance.reportHook(
     'consumer',
-    new Error(`${PACKAGE}: consumer must return an object, a string, a number or undefined; got ${show(shown)}`),
+    new Error(`${PACKAGE}: consumer must return an object, a string, a number, null or undefined; got ${show(shown)}`),
   );
   return undefined;
 }

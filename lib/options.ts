@@ -340,7 +340,7 @@ function mergeTarget(target: unknown, more: unknown): Record<string, unknown> {
   }
   if (!isPlainObject(target)) {
     throw new TypeError(
-      `${PACKAGE}: options must be an object like { host: '127.0.0.1', port: 9999 } or a connection string like 'tcp://127.0.0.1:9999'; got ${show(target)}`,
+      `${PACKAGE}: options must be a plain object like { host: '127.0.0.1', port: 9999 } or a connection string like 'tcp://127.0.0.1:9999'; got ${show(target)}`,
     );
   }
   return target;
@@ -424,6 +424,9 @@ function parseConnectionString(text: string, option?: string): { host: string; p
   try {
     url = new URL(text);
   } catch {
+    // URL refuses a port over 65535: said as for a port that URL takes (0), not as "not a URL".
+    const port = /^(?:tcp|tls):\/\/[^/?#@]+:(\d+)\/?$/i.exec(text)?.[1];
+    if (port !== undefined && Number(port) > 65535) parsePort(Number(port), option);
     throw bad('is not a URL');
   }
   if (url.protocol !== 'tcp:' && url.protocol !== 'tls:') throw bad(`has scheme "${url.protocol.slice(0, -1)}"`);
@@ -680,7 +683,9 @@ function parseApi(value: unknown): Readonly<Record<string, unknown>> | null {
   try {
     json = JSON.stringify(value);
   } catch (err) {
-    throw new TcpLogOptionTypeError('api', value, `an object JSON can serialize (${thrownText(err)})`);
+    // The first line: V8 explains a cycle over several.
+    const why = thrownText(err).split('\n', 1)[0] ?? '';
+    throw new TcpLogOptionTypeError('api', value, `an object JSON can serialize (${why})`);
   }
   // A toJSON() can turn the object into anything: the record needs a JSON object here.
   if (typeof json !== 'string' || !json.startsWith('{')) {

@@ -363,7 +363,7 @@ describe('customFields, consumer, skip and request.id', () => {
     assert.equal(errors.length, 1, errors.map((e) => e.message).join('\n'));
     assert.match(
       errors[0]!.message,
-      /consumer must return an object, a string, a number or undefined; got "1970-01-01T00:00:00.000Z"/,
+      /consumer must return an object, a string, a number, null or undefined; got "1970-01-01T00:00:00.000Z"/,
     );
   });
 

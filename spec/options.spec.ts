@@ -814,16 +814,16 @@ describe('what tcplog() is called with', () => {
   const calls: ReadonlyArray<readonly [string, readonly unknown[], RegExp]> = [
     ['no arguments', [], /express-tcplog: options are required/],
     ['undefined', [undefined], /express-tcplog: options are required/],
-    ['null', [null], /express-tcplog: options must be an object.*; got null$/],
-    ['[]', [[]], /express-tcplog: options must be an object.*; got \[\]$/],
-    ['42', [42], /express-tcplog: options must be an object.*; got 42$/],
-    ['true', [true], /express-tcplog: options must be an object.*; got true$/],
+    ['null', [null], /express-tcplog: options must be a plain object.*; got null$/],
+    ['[]', [[]], /express-tcplog: options must be a plain object.*; got \[\]$/],
+    ['42', [42], /express-tcplog: options must be a plain object.*; got 42$/],
+    ['true', [true], /express-tcplog: options must be a plain object.*; got true$/],
     [
       'a function',
       [badValueFunction],
-      /express-tcplog: options must be an object.*; got \[function badValueFunction\]$/,
+      /express-tcplog: options must be a plain object.*; got \[function badValueFunction\]$/,
     ],
-    ['a Map', [new Map([['host', 'x']])], /express-tcplog: options must be an object/],
+    ['a Map', [new Map([['host', 'x']])], /express-tcplog: options must be a plain object/],
     [
       'an options object then a second object',
       [VALID, {}],
@@ -1038,7 +1038,6 @@ describe('connection strings', () => {
     ['not a url', /is not a URL/],
     ['', /is not a URL/],
     ['127.0.0.1:9999', /scheme|not a URL/],
-    ['tcp://x:70000', /is not a URL/],
     ['tcp://:1', /is not a URL|no host/],
   ];
   for (const [text, why] of bad) {
@@ -1058,6 +1057,17 @@ describe('connection strings', () => {
 
   it('port 0 in a connection string is a port error', () => {
     assertOptionError(() => parseOptions('tcp://x:0'), 'port', 0, RangeError, 'an integer from 1 to 65535');
+  });
+
+  it('a port over 65535, which URL refuses, is the same port error, in servers too', () => {
+    assertOptionError(() => parseOptions('tcp://x:70000'), 'port', 70000, RangeError, 'an integer from 1 to 65535');
+    assertOptionError(
+      () => parseOptions({ servers: ['tcp://a:1', 'tls://[::1]:65536/'] }),
+      'servers[1]',
+      65536,
+      RangeError,
+      'an integer from 1 to 65535',
+    );
   });
 
   for (const name of ['host', 'port'] as const) {
@@ -1157,5 +1167,30 @@ describe('app.use(tcplog) without the call', () => {
   it('Express 4: the request fails with a 500 that explains the mistake', async () => {
     const express4 = require('express4') as typeof express;
     await misuse(() => express4());
+  });
+});
+
+describe('option values JSON cannot show', () => {
+  it('are shown as Node prints them, with their class, and a cycle is explained on one line', () => {
+    class Settings {
+      host = '127.0.0.1';
+      port = 9999;
+    }
+    const cases: ReadonlyArray<readonly [unknown, string]> = [
+      [{ host: 'a', port: 1, api: { id: 10n } }, 'got { id: 10n }'],
+      [{ host: 'a', port: 1, api: circular() }, '[Circular *1]'],
+      [new Settings(), "got Settings { host: '127.0.0.1', port: 9999 }"],
+      [{ host: 'a', port: 1, redact: new Set(['cookie']) }, "got Set(1) { 'cookie' }"],
+    ];
+    for (const [options, shown] of cases) {
+      assert.throws(
+        () => tcplog(options as tcplog.TcpLogOptions),
+        (err: Error) => {
+          assert.ok(err.message.includes(shown), err.message);
+          assert.ok(!err.message.includes('\n'), `one line: ${err.message}`);
+          return true;
+        },
+      );
+    }
   });
 });
