@@ -333,19 +333,28 @@ export function isAbsoluteUrl(url: string): boolean {
 const ABSOLUTE_URL = /^[a-z][a-z0-9+.-]*:\/\//i;
 
 /** The forms of an IPv4-mapped IPv6 address with the IPv4 part dotted, any case. */
-const IPV4_MAPPED = /^(?:(?:0{1,4}:){5}|(?:0{1,4}(?::0{1,4}){0,3})?::)ffff:(\d{1,3}(?:\.\d{1,3}){3})$/i;
+/** The zeros before `ffff:` in an IPv4-mapped address, in any of their forms. */
+const MAPPED_PREFIX = '(?:(?:0{1,4}:){5}|(?:0{1,4}(?::0{1,4}){0,3})?::)ffff:';
+const IPV4_MAPPED = new RegExp(`^${MAPPED_PREFIX}(\\d{1,3}(?:\\.\\d{1,3}){3})$`, 'i');
+/** The same with the IPv4 address as two hex groups: `::ffff:102:304` is 1.2.3.4. */
+const IPV4_MAPPED_HEX = new RegExp(`^${MAPPED_PREFIX}([\\da-f]{1,4}):([\\da-f]{1,4})$`, 'i');
 
 /**
  * `::ffff:1.2.3.4` -> `1.2.3.4`, in any of the forms an address from a header may take
- * (`::FFFF:1.2.3.4`, `0:0:0:0:0:ffff:1.2.3.4`); everything else unchanged.
+ * (`::FFFF:1.2.3.4`, `0:0:0:0:0:ffff:1.2.3.4`, `::ffff:102:304`); everything else unchanged.
  */
 export function normalizeIp(address: string): string {
   // Node writes the form it makes in lower case: no pattern for what nearly every socket gives.
   if (address.startsWith('::ffff:')) {
     const rest = address.slice(7);
-    // Not `::ffff:0:1.2.3.4` (IPv4-translated), which is no IPv4 address with a prefix.
-    return isIPv4(rest) ? rest : address;
+    if (isIPv4(rest)) return rest;
   }
-  if (!address.includes('.') || !address.includes(':')) return address;
-  return IPV4_MAPPED.exec(address)?.[1] ?? address;
+  if (!address.includes(':')) return address;
+  const dotted = IPV4_MAPPED.exec(address);
+  if (dotted !== null) return dotted[1] as string;
+  const hex = IPV4_MAPPED_HEX.exec(address);
+  if (hex === null) return address;
+  const high = parseInt(hex[1] as string, 16);
+  const low = parseInt(hex[2] as string, 16);
+  return `${high >> 8}.${high & 0xff}.${low >> 8}.${low & 0xff}`;
 }

@@ -695,6 +695,17 @@ describe('normalizeIp', () => {
     assert.equal(normalizeIp('::FFFF:abcd'), '::FFFF:abcd');
     assert.equal(normalizeIp('::ffff:0:1.2.3.4'), '::ffff:0:1.2.3.4', 'IPv4-translated, not mapped');
   });
+
+  it('with the IPv4 address written as two hex groups', () => {
+    assert.equal(normalizeIp('::ffff:0102:0304'), '1.2.3.4');
+    assert.equal(normalizeIp('::ffff:7f00:1'), '127.0.0.1');
+    assert.equal(normalizeIp('0:0:0:0:0:FFFF:C0A8:0101'), '192.168.1.1');
+    assert.equal(normalizeIp('::ffff:ffff:ffff'), '255.255.255.255');
+    // Not IPv4-mapped: as given.
+    assert.equal(normalizeIp('::ffff:0:102:304'), '::ffff:0:102:304', 'IPv4-translated, not mapped');
+    assert.equal(normalizeIp('1::ffff:102:304'), '1::ffff:102:304');
+    assert.equal(normalizeIp('::ffff:10203:4'), '::ffff:10203:4');
+  });
 });
 
 describe('hostile input always gives one line of valid JSON', () => {
