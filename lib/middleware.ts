@@ -135,13 +135,29 @@ interface LiveExchange {
    * if `instance` is closed before the record is made, the next open one out logs it.
    */
   outer: OuterTake | null;
-  /**
-   * Its record was built (or skipped) already. Kept so that an instance the request reaches
-   * afterwards (it goes on through the app after its response ended) neither logs it again nor
-   * starts anew.
-   */
-  built: boolean;
 }
+
+/**
+ * What stays of an exchange whose response ended while the request may still be on its way
+ * through the app, to an instance that must not start anew (see takeLate). Without `req`, `res`
+ * or the socket: kept in the table until the response is collected, it must not hold them (a
+ * table that held whole exchanges cost 10 % more instructions per request, in the collector).
+ */
+class Ended {
+  constructor(
+    /** Logged (or skipped) already. */
+    readonly logged: boolean,
+    readonly endedAt: number,
+    readonly responseBytes: number,
+    readonly headersAt: number | null,
+    /** When an instance had it, closed since; -1 if none had. */
+    readonly arrivedAt: number,
+    readonly startedAt: number,
+  ) {}
+}
+
+/** The mark of a logged response (see Ended). */
+const LOGGED = new Ended(true, -1, 0, null, -1, 0);
 
 interface OuterTake {
   readonly instance: Instance;
@@ -159,7 +175,7 @@ interface SentRequest {
   readonly rawHeaders: readonly string[];
 }
 
-const byResponse = new WeakMap<ServerResponse, LiveExchange>();
+const byResponse = new WeakMap<ServerResponse, LiveExchange | Ended>();
 /** Only requests that can carry a body: their `push` is wrapped to count the bytes. */
 const byRequest = new WeakMap<IncomingMessage, LiveExchange>();
 const marksBySocket = new WeakMap<Socket, SocketMarks>();
@@ -181,10 +197,14 @@ export function createHandler(instance: Instance): Handler {
 
 function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedResponse): void {
   const existing = byResponse.get(res);
-  if (existing !== undefined && (existing.built || existing.endedAt !== -1)) {
-    if (!existing.built) takeLate(instance, existing, req);
+  if (existing instanceof Ended) {
+    // It ended before it reached this instance (see takeLate).
+    if (!existing.logged) takeLate(instance, existing, req, res);
     return;
   }
+  // Logged at its finish, and let go of then (most responses end there: no mark is kept for
+  // them). Or it ended before any instance was open: nothing was kept to log it with.
+  if (existing === undefined && res.writableFinished === true) return;
   if (existing !== undefined && existing.instance !== null) {
     // Nested instances (app-level, then router-level): one record, with the innermost's settings.
     if (!instance.closed) {
@@ -282,7 +302,6 @@ function arrive(req: ExpressLikeRequest, res: TrackedResponse, socket: Socket, s
     responseBytes: 0,
     mountedAt: '',
     outer: null,
-    built: false,
   };
   byResponse.set(res, exchange);
   if (!req.complete && mayHaveBody(req)) {
@@ -487,13 +506,14 @@ function timedWriteHead(this: ServerResponse, ...args: unknown[]): unknown {
 /** Notes when the head of a tracked response goes out (the first time only); returns its exchange. */
 function noteHead(res: ServerResponse): LiveExchange | undefined {
   const exchange = byResponse.get(res);
-  if (exchange !== undefined && exchange.headersAt === null) exchange.headersAt = performance.now();
+  if (exchange === undefined || exchange instanceof Ended) return undefined;
+  if (exchange.headersAt === null) exchange.headersAt = performance.now();
   return exchange;
 }
 
 function onFinish(this: ServerResponse): void {
   const exchange = byResponse.get(this);
-  if (exchange) settle(exchange);
+  if (exchange !== undefined && !(exchange instanceof Ended)) settle(exchange);
 }
 
 /**
@@ -502,18 +522,24 @@ function onFinish(this: ServerResponse): void {
  * instance had it, its time here is nil: `started_at` is when the response finished, and the
  * latencies are 0. After the turn, as logAbandoned, so that an instance further in is the one.
  */
-function takeLate(instance: Instance, exchange: LiveExchange, req: ExpressLikeRequest): void {
+function takeLate(instance: Instance, ended: Ended, req: ExpressLikeRequest, res: TrackedResponse): void {
   if (instance.closed) return;
-  if (exchange.instance === null) {
-    exchange.startedAt = Date.now() - Math.round(performance.now() - exchange.endedAt);
-    exchange.arrivedAt = exchange.endedAt;
-    if (exchange.headersAt !== null) exchange.headersAt = exchange.endedAt;
-    exchange.mountedAt = req.baseUrl ?? '';
-  } else {
-    exchange.outer = { instance: exchange.instance, mountedAt: exchange.mountedAt, outer: exchange.outer };
-    exchange.mountedAt = req.baseUrl ?? '';
-  }
+  // As the request is now: what Node's parser gave went with the exchange. Nested instances
+  // reached in this turn find this one and take it on as the innermost.
+  const exchange = arrive(req, res, req.socket, null);
   exchange.instance = instance;
+  exchange.mountedAt = req.baseUrl ?? '';
+  exchange.endedAt = ended.endedAt;
+  exchange.responseBytes = ended.responseBytes;
+  if (ended.arrivedAt !== -1) {
+    exchange.arrivedAt = ended.arrivedAt;
+    exchange.startedAt = ended.startedAt;
+    exchange.headersAt = ended.headersAt;
+  } else {
+    exchange.arrivedAt = ended.endedAt;
+    exchange.startedAt = Date.now() - Math.round(performance.now() - ended.endedAt);
+    exchange.headersAt = ended.headersAt === null ? null : ended.endedAt;
+  }
   setImmediate(logAbandoned, exchange);
 }
 
@@ -603,21 +629,32 @@ function loggingInstance(exchange: LiveExchange): Instance | null {
  */
 function buildAndSend(res: TrackedResponse): void {
   const exchange = byResponse.get(res);
-  if (!exchange || exchange.built) return;
+  if (exchange === undefined || exchange instanceof Ended) return;
   const { req } = exchange;
   // No middleware took the request (another server's, or routed elsewhere; or not yet: see
   // takeLate): a logged response after it on the same connection starts where this one ended.
   settle(exchange);
-  // The exchange stays in the table, until the response is collected: the request may still be
-  // on its way through the app, to an instance that must know it ended (see takeLate).
   if (exchange.writeHead !== null && res.writeHead === timedWriteHead) res.writeHead = exchange.writeHead;
   if (exchange.push !== null) {
     byRequest.delete(req);
     if (req.push === countingPush) req.push = exchange.push;
   }
   const instance = loggingInstance(exchange);
-  if (instance === null) return;
-  exchange.built = true;
+  if (instance === null) {
+    // No open instance has it, or not yet: one the request reaches later logs it.
+    const { endedAt, responseBytes, headersAt } = exchange;
+    const had = exchange.instance !== null;
+    byResponse.set(
+      res,
+      new Ended(false, endedAt, responseBytes, headersAt, had ? exchange.arrivedAt : -1, exchange.startedAt),
+    );
+    return;
+  }
+  // The record is built once: let go of the exchange now, so the table stays as small as the
+  // number of requests in progress. Marked only where the finish does not say it all: a client
+  // gone first (the request may go on to a nested instance), a response Node did not announce.
+  if (res.writableFinished === true && exchange.sent !== null) byResponse.delete(res);
+  else byResponse.set(res, LOGGED);
   try {
     // What was sent is read before any hook runs: a hook that changes `req` or `res` (or
     // `res._header`) cannot change the record.
