@@ -171,7 +171,8 @@ export class TcpLogClient implements RecordSink {
       ...this.#queue.counts(),
       connects: this.#connects,
       errors: this.#errors,
-      connected: this.#active?.state === 'open',
+      // Not once destroyed: its 'close', which says so, comes a turn later.
+      connected: this.#active?.state === 'open' && !this.#active.socket.destroyed,
     };
   }
 
@@ -512,7 +513,8 @@ export class TcpLogClient implements RecordSink {
 
   #flush(): void {
     const connection = this.#active;
-    if (!connection || connection.state !== 'open') return;
+    // A destroyed socket's writes would only fail, to be sent again after its 'close'.
+    if (!connection || connection.state !== 'open' || connection.socket.destroyed) return;
     const { socket } = connection;
     while (!socket.writableNeedDrain && connection.inFlight.length < MAX_IN_FLIGHT_BATCHES) {
       const batch = this.#queue.take(BATCH_BYTES);

@@ -193,10 +193,23 @@ for (const transport of transports) {
       await once(resetting, 'listening');
       cleanup.push(() => new Promise<void>((resolve) => resetting.close(() => resolve())));
       const errors: Error[] = [];
-      const mw = tcplog({ ...transport.destination(port), timeout: 1000, onError: (err) => errors.push(err) });
+      /** `stats().connected` as each error is reported: the connection is gone by then. */
+      const connectedAtError: boolean[] = [];
+      const mw = tcplog({
+        ...transport.destination(port),
+        timeout: 1000,
+        onError: (err) => {
+          errors.push(err);
+          connectedAtError.push(mw.stats().connected);
+        },
+      });
       const http = await appWith(mw);
       for (let i = 0; i < 40; i++) assert.equal((await request(http.port, `/n/${i}`)).status, 200);
       await until(() => errors.length >= 2, 5_000, 'resets reported');
+      assert.ok(
+        connectedAtError.every((connected) => !connected),
+        `not connected once reset: ${connectedAtError.join()}`,
+      );
       assert.ok(
         errors.some((err) => ['ECONNRESET', 'EPIPE'].includes(String((err as Code).code))),
         errors.map((e) => (e as Code).code).join(),
