@@ -223,38 +223,50 @@ for (const transport of transports) {
       assert.ok(healthy.lines.length > 0 || mw.stats().sent === 40);
     });
 
+    /**
+     * A receiver whose first connection is not read until it is resumed (or ended), and a client
+     * to it (`timeout` 300 ms) whose reports go to `errors`.
+     */
+    async function stuckFirstConnection(): Promise<{
+      receiver: LineServer;
+      client: TcpLogClient;
+      errors: Error[];
+      stuck: () => net.Socket | null;
+    }> {
+      const receiver = await receiverOn();
+      let stuck: net.Socket | null = null;
+      receiver.on('connection', (socket: net.Socket) => {
+        if (receiver.connections === 1) {
+          socket.pause();
+          stuck = socket;
+        }
+      });
+      const errors: Error[] = [];
+      const client = new TcpLogClient(
+        parseOptions({ ...transport.destination(receiver.port), timeout: 300, maxBufferBytes: 64 << 20 }).destination,
+      );
+      client.addReporter((err) => errors.push(err));
+      cleanup.push(() => void client.shutdown());
+      return { receiver, client, errors, stuck: () => stuck };
+    }
+
     // The write in progress when a connection ends is one Node confirms anyway: what of it the
     // kernel took went out, the rest must be sent again. Both ways this client ends such a
     // connection itself: the collector closed its side, or the write stalled past `timeout`.
     for (const ending of ['closes its side', 'stops reading past timeout'] as const) {
       it(`a collector that ${ending} while a write is stuck: every record arrives`, async () => {
-        const receiver = await receiverOn();
-        let stuck: net.Socket | null = null;
-        receiver.on('connection', (socket: net.Socket) => {
-          // The first connection is not read until it is ended (or the client gives up on it).
-          if (receiver.connections === 1) {
-            socket.pause();
-            stuck = socket;
-          }
-        });
-        const errors: Error[] = [];
-        const client = new TcpLogClient(
-          parseOptions({ ...transport.destination(receiver.port), timeout: 300, maxBufferBytes: 64 * 1024 * 1024 })
-            .destination,
-        );
-        client.addReporter((err) => errors.push(err));
-        cleanup.push(() => void client.shutdown());
+        const { receiver, client, errors, stuck } = await stuckFirstConnection();
         const count = 1000;
         await pushNumbered(client, count);
-        await until(() => stuck !== null, 5_000, 'the first connection');
+        await until(() => stuck() !== null, 5_000, 'the first connection');
         assert.ok(client.stats().buffered > 0, 'records wait behind a stuck write');
         if (ending === 'closes its side') {
-          stuck!.end();
+          stuck()!.end();
         } else {
           await until(() => errors.some((err) => (err as Code).code === 'ESTALLED'), 5_000, 'the stall');
         }
         // Either way the collector then reads what the kernel took on that connection.
-        stuck!.resume();
+        stuck()!.resume();
         await until(() => client.stats().buffered === 0, 10_000, 'everything to be written');
         const seen = (): number[] => receiver.records().map((record) => record['n'] as number);
         await until(() => new Set(seen()).size === count, 5_000, `all ${count} records (${new Set(seen()).size})`);
@@ -270,20 +282,7 @@ for (const transport of transports) {
     it('a collector that stops reading under a trickle of small records: the stall is noticed', async () => {
       // One small record per turn: the writes stuck behind a full kernel buffer stay under the
       // socket's high-water mark, so write() never says to wait.
-      const receiver = await receiverOn();
-      let stuck: net.Socket | null = null;
-      receiver.on('connection', (socket: net.Socket) => {
-        if (receiver.connections === 1) {
-          socket.pause();
-          stuck = socket;
-        }
-      });
-      const errors: Error[] = [];
-      const client = new TcpLogClient(
-        parseOptions({ ...transport.destination(receiver.port), timeout: 300, maxBufferBytes: 64 << 20 }).destination,
-      );
-      client.addReporter((err) => errors.push(err));
-      cleanup.push(() => void client.shutdown());
+      const { receiver, client, errors, stuck } = await stuckFirstConnection();
       const pad = 'x'.repeat(3_000);
       let count = 0;
       const push = (): void => client.push(`{"n":${count++},"pad":"${pad}"}\r\n`);
@@ -301,7 +300,7 @@ for (const transport of transports) {
         await new Promise((resolve) => setTimeout(resolve, 10));
       }
       assert.ok(stalled(), `the stall is reported (${errors.map((err) => (err as Code).code).join() || 'nothing'})`);
-      stuck!.resume();
+      stuck()!.resume();
       await until(() => client.stats().buffered === 0, 10_000, 'everything to be written');
       const seen = (): number[] => receiver.records().map((record) => record['n'] as number);
       await until(() => new Set(seen()).size === count, 5_000, `all ${count} records (${new Set(seen()).size})`);
