@@ -351,7 +351,8 @@ export function normalizeIp(address: string): string {
   }
   if (!address.includes(':')) return address;
   const dotted = IPV4_MAPPED.exec(address);
-  if (dotted !== null) return dotted[1] as string;
+  // The pattern does not check the numbers: `::ffff:999.1.1.1` is no address, and stays as given.
+  if (dotted !== null) return isIPv4(dotted[1] as string) ? (dotted[1] as string) : address;
   const hex = IPV4_MAPPED_HEX.exec(address);
   if (hex === null) return address;
   const high = parseInt(hex[1] as string, 16);

@@ -705,6 +705,10 @@ describe('normalizeIp', () => {
     assert.equal(normalizeIp('::ffff:0:102:304'), '::ffff:0:102:304', 'IPv4-translated, not mapped');
     assert.equal(normalizeIp('1::ffff:102:304'), '1::ffff:102:304');
     assert.equal(normalizeIp('::ffff:10203:4'), '::ffff:10203:4');
+    // Dotted forms that are no IPv4 address stay as given.
+    assert.equal(normalizeIp('::ffff:999.1.1.1'), '::ffff:999.1.1.1');
+    assert.equal(normalizeIp('::ffff:010.1.2.3'), '::ffff:010.1.2.3');
+    assert.equal(normalizeIp('0::FFFF:1.2.3.256'), '0::FFFF:1.2.3.256');
   });
 });
 
