@@ -86,6 +86,12 @@ interface Connection {
   /** When a write was last confirmed (performance.now()): progress, for the stall check. */
   confirmedAt: number;
   /**
+   * When writes were last put in flight with none in flight before, and the bytes the handle
+   * then held: the stall check judges such a run of writes from its start.
+   */
+  busySince: number;
+  busyQueued: number;
+  /**
    * Bytes of in-flight batches whose write Node confirmed only once the socket was destroyed.
    * Node confirms every write then, even one the kernel never took: their fate is settled at
    * 'close' (see #settleInFlight).
@@ -268,6 +274,8 @@ export class TcpLogClient implements RecordSink {
       handle: null,
       unsent: -1,
       confirmedAt: -Infinity,
+      busySince: -Infinity,
+      busyQueued: -1,
       confirmedLate: 0,
     };
     // unref: logging must never keep the process alive (close() refs it while it flushes; never a
@@ -516,11 +524,16 @@ export class TcpLogClient implements RecordSink {
     // A destroyed socket's writes would only fail, to be sent again after its 'close'.
     if (!connection || connection.state !== 'open' || connection.socket.destroyed) return;
     const { socket } = connection;
+    const starting = connection.inFlight.length === 0;
     while (!socket.writableNeedDrain && connection.inFlight.length < MAX_IN_FLIGHT_BATCHES) {
       const batch = this.#queue.take(BATCH_BYTES);
       if (!batch) break;
       connection.inFlight.push(batch);
       socket.write(batch.data, (err) => this.#onWritten(connection, batch, err));
+    }
+    if (starting && connection.inFlight.length > 0) {
+      connection.busySince = performance.now();
+      connection.busyQueued = queuedBytes(connection.handle);
     }
     // Watched whenever a write is in flight, not only once write() says to wait: a few small
     // writes to a collector that stopped reading stay under the high-water mark for good.
@@ -537,19 +550,26 @@ export class TcpLogClient implements RecordSink {
     const { socket } = connection;
     const { timeout } = this.settings;
     let queued = queuedBytes(connection.handle);
+    let lookedAt = performance.now();
     const check = (): void => {
       connection.stallTimer = null;
       // Everything written was confirmed: the next flush watches again.
       if (connection.inFlight.length === 0) return;
+      // Everything was confirmed since the last look, and writing began again: this run of
+      // writes is judged from its start, not from what a watch armed at an earlier one saw.
+      if (connection.busySince > lookedAt) queued = connection.busyQueued;
+      const at = performance.now();
+      lookedAt = at;
       const now = queuedBytes(connection.handle);
       if (now !== -1 && now < queued) {
         queued = now;
         connection.stallTimer = this.#timer(check, timeout);
         return;
       }
-      // From the last write confirmed: one the kernel took at once is confirmed only on the next
-      // tick, after this watch began, and must not buy a second `timeout`.
-      const quiet = performance.now() - connection.confirmedAt;
+      // From the last write confirmed, or the start of this run of writes: one the kernel took at
+      // once is confirmed only on the next tick, after this watch began, and must not buy a
+      // second `timeout`.
+      const quiet = at - Math.max(connection.confirmedAt, connection.busySince);
       if (quiet < timeout) {
         connection.stallTimer = this.#timer(check, timeout - quiet);
         return;

@@ -308,6 +308,34 @@ for (const transport of transports) {
       if (transport.name === 'tcp') assert.equal(seen().length, count, 'each record once');
     });
 
+    it('a big write shortly after a small one is judged from its own start, not by the watch the small one armed', async () => {
+      const receiver = await receiverOn();
+      let collector: net.Socket | null = null;
+      receiver.on('connection', (socket: net.Socket) => {
+        collector = socket;
+      });
+      const errors: Error[] = [];
+      const client = new TcpLogClient(
+        parseOptions({ ...transport.destination(receiver.port), timeout: 1_000, keepalive: 0 }).destination,
+      );
+      client.addReporter((err) => errors.push(err));
+      cleanup.push(() => void client.shutdown());
+      const sleep = (ms: number): Promise<unknown> => new Promise((resolve) => setTimeout(resolve, ms));
+      // The times are the scenario: the small write arms a watch due at 1 s; at 0.85 s the
+      // collector has paused for 0.3 s (well under `timeout`) and the big write goes out.
+      client.push('{"n":0}\r\n');
+      await until(() => client.stats().sent === 1, 5_000, 'the small record');
+      await sleep(700);
+      collector!.pause();
+      setTimeout(() => collector!.resume(), 300);
+      await sleep(150);
+      const big = `{"n":1,"pad":"${'x'.repeat(8 << 20)}"}\r\n`;
+      client.push(big);
+      await receiver.waitForLines(2, 20_000);
+      assert.deepEqual(errors, [], 'no stall');
+      assert.equal(client.stats().connects, 1);
+    });
+
     it('a collector that reads slowly keeps its connection, even under a record it takes longer than timeout to read', async () => {
       const receiver = await receiverOn();
       // Reads in short bursts: steady progress, but 8 MB takes longer than `timeout`. (The client
