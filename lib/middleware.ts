@@ -121,7 +121,7 @@ interface LiveExchange {
    * open (logged or not): then it begins where that one ends.
    */
   writtenAtStart: number;
-  readonly remoteAddress: string | undefined;
+  remoteAddress: string | undefined;
   /** The `push` and `writeHead` this middleware wrapped on the objects themselves, called through. */
   push: Readable['push'] | null;
   writeHead: WriteHead | null;
@@ -130,6 +130,8 @@ interface LiveExchange {
   responseBytes: number;
   /** `req.baseUrl` when the innermost instance saw the request. */
   mountedAt: string;
+  /** The socket's own address read earlier, for a request without a Host header (see takeLate). */
+  localHost: string | null;
   /**
    * The instance the request passed before `instance` took it (nested instances), and so on out:
    * if `instance` is closed before the record is made, the next open one out logs it.
@@ -145,19 +147,24 @@ interface LiveExchange {
  */
 class Ended {
   constructor(
-    /** Logged (or skipped) already. */
+    /** Logged (or skipped) already; else what the record needs, read while it could be. */
     readonly logged: boolean,
-    readonly endedAt: number,
-    readonly responseBytes: number,
-    readonly headersAt: number | null,
-    /** When an instance had it, closed since; -1 if none had. */
-    readonly arrivedAt: number,
-    readonly startedAt: number,
+    readonly exchange: EndedExchange | null,
   ) {}
 }
 
+type EndedExchange = Pick<
+  LiveExchange,
+  'sent' | 'bodyBytes' | 'remoteAddress' | 'endedAt' | 'responseBytes' | 'headersAt' | 'arrivedAt' | 'startedAt'
+> & {
+  /** Whether an instance had it (closed since): else it spent no time in one. */
+  readonly taken: boolean;
+  /** The socket's own address, for a request without a Host header: gone once it closes. */
+  readonly localHost: string | null;
+};
+
 /** The mark of a logged response (see Ended). */
-const LOGGED = new Ended(true, -1, 0, null, -1, 0);
+const LOGGED = new Ended(true, null);
 
 interface OuterTake {
   readonly instance: Instance;
@@ -203,8 +210,9 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
     return;
   }
   // Logged at its finish, and let go of then (most responses end there: no mark is kept for
-  // them). Or it ended before any instance was open: nothing was kept to log it with.
-  if (existing === undefined && res.writableFinished === true) return;
+  // them). Or it ended before any instance was open: nothing was kept to log it with. Ended by
+  // the app, not only finished: an HTTP/2 stream its client reset counts as finished.
+  if (existing === undefined && res.writableEnded === true) return;
   if (existing !== undefined && existing.instance !== null) {
     // Nested instances (app-level, then router-level): one record, with the innermost's settings.
     if (!instance.closed) {
@@ -257,7 +265,11 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
     if (socket.closed) setImmediate(logAbandoned, exchange);
     return;
   }
-  if ((res as { closed?: unknown }).closed === true) {
+  // Gone before this instance: a response that says so (`closed`), or an HTTP/2 stream reset.
+  if (
+    (res as { closed?: unknown }).closed === true ||
+    (res as { stream?: { destroyed?: unknown } }).stream?.destroyed === true
+  ) {
     setImmediate(logAbandoned, exchange);
     return;
   }
@@ -280,6 +292,32 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
  * `npm run bench:instructions`). Read here, before Express runs, the same reads hit.
  */
 function arrive(req: ExpressLikeRequest, res: TrackedResponse, socket: Socket, sent: SentRequest | null): LiveExchange {
+  const exchange = newExchange(req, res, socket, sent);
+  if (!req.complete && mayHaveBody(req)) {
+    // eslint-disable-next-line @typescript-eslint/unbound-method
+    exchange.push = req.push;
+    byRequest.set(req, exchange);
+    req.push = countingPush;
+  }
+  // The shared hook on the prototype notes the time for every response that resolves to it: no
+  // property is added to `res` (in the profile, that assignment was the dearest line here). A
+  // response whose writeHead is another by now (a custom class; for a response Node's server did
+  // not make, a library's wrapper) gets its own. Wrappers added later call through to this one.
+  if (res.writeHead !== sharedHook) {
+    // eslint-disable-next-line @typescript-eslint/unbound-method
+    exchange.writeHead = res.writeHead;
+    res.writeHead = timedWriteHead as WriteHead;
+  }
+  return exchange;
+}
+
+/** The exchange itself, in the table, with no hook on `req` or `res`. */
+function newExchange(
+  req: ExpressLikeRequest,
+  res: TrackedResponse,
+  socket: Socket,
+  sent: SentRequest | null,
+): LiveExchange {
   const exchange: LiveExchange = {
     instance: null,
     req,
@@ -301,24 +339,10 @@ function arrive(req: ExpressLikeRequest, res: TrackedResponse, socket: Socket, s
     endedAt: -1,
     responseBytes: 0,
     mountedAt: '',
+    localHost: null,
     outer: null,
   };
   byResponse.set(res, exchange);
-  if (!req.complete && mayHaveBody(req)) {
-    // eslint-disable-next-line @typescript-eslint/unbound-method
-    exchange.push = req.push;
-    byRequest.set(req, exchange);
-    req.push = countingPush;
-  }
-  // The shared hook on the prototype notes the time for every response that resolves to it: no
-  // property is added to `res` (in the profile, that assignment was the dearest line here). A
-  // response whose writeHead is another by now (a custom class; for a response Node's server did
-  // not make, a library's wrapper) gets its own. Wrappers added later call through to this one.
-  if (res.writeHead !== sharedHook) {
-    // eslint-disable-next-line @typescript-eslint/unbound-method
-    exchange.writeHead = res.writeHead;
-    res.writeHead = timedWriteHead as WriteHead;
-  }
   return exchange;
 }
 
@@ -523,22 +547,26 @@ function onFinish(this: ServerResponse): void {
  * latencies are 0. After the turn, as logAbandoned, so that an instance further in is the one.
  */
 function takeLate(instance: Instance, ended: Ended, req: ExpressLikeRequest, res: TrackedResponse): void {
-  if (instance.closed) return;
-  // As the request is now: what Node's parser gave went with the exchange. Nested instances
-  // reached in this turn find this one and take it on as the innermost.
-  const exchange = arrive(req, res, req.socket, null);
+  const kept = ended.exchange;
+  if (instance.closed || kept === null) return;
+  // Made again from what was kept, with no hook on `req` or `res`: their exchange has ended.
+  // Nested instances reached in this turn find this one and take it on as the innermost.
+  const exchange = newExchange(req, res, req.socket, kept.sent);
   exchange.instance = instance;
   exchange.mountedAt = req.baseUrl ?? '';
-  exchange.endedAt = ended.endedAt;
-  exchange.responseBytes = ended.responseBytes;
-  if (ended.arrivedAt !== -1) {
-    exchange.arrivedAt = ended.arrivedAt;
-    exchange.startedAt = ended.startedAt;
-    exchange.headersAt = ended.headersAt;
+  exchange.bodyBytes = kept.bodyBytes;
+  exchange.remoteAddress = kept.remoteAddress;
+  exchange.localHost = kept.localHost;
+  exchange.endedAt = kept.endedAt;
+  exchange.responseBytes = kept.responseBytes;
+  if (kept.taken) {
+    exchange.arrivedAt = kept.arrivedAt;
+    exchange.startedAt = kept.startedAt;
+    exchange.headersAt = kept.headersAt;
   } else {
-    exchange.arrivedAt = ended.endedAt;
-    exchange.startedAt = Date.now() - Math.round(performance.now() - ended.endedAt);
-    exchange.headersAt = ended.headersAt === null ? null : ended.endedAt;
+    exchange.arrivedAt = kept.endedAt;
+    exchange.startedAt = Date.now() - Math.round(performance.now() - kept.endedAt);
+    exchange.headersAt = kept.headersAt === null ? null : kept.endedAt;
   }
   setImmediate(logAbandoned, exchange);
 }
@@ -643,11 +671,22 @@ function buildAndSend(res: TrackedResponse, announced: boolean): void {
   const instance = loggingInstance(exchange);
   if (instance === null) {
     // No open instance has it, or not yet: one the request reaches later logs it.
-    const { endedAt, responseBytes, headersAt } = exchange;
-    const had = exchange.instance !== null;
+    const { sent, socket } = exchange;
+    const hostless = sent === null || rawHeader(sent.rawHeaders, 'host') === undefined;
     byResponse.set(
       res,
-      new Ended(false, endedAt, responseBytes, headersAt, had ? exchange.arrivedAt : -1, exchange.startedAt),
+      new Ended(false, {
+        sent,
+        bodyBytes: exchange.bodyBytes,
+        remoteAddress: exchange.remoteAddress,
+        endedAt: exchange.endedAt,
+        responseBytes: exchange.responseBytes,
+        headersAt: exchange.headersAt,
+        arrivedAt: exchange.arrivedAt,
+        startedAt: exchange.startedAt,
+        taken: exchange.instance !== null,
+        localHost: hostless ? (marksBySocket.get(socket)?.localHost ?? localHost(socket)) : null,
+      }),
     );
     return;
   }
@@ -802,6 +841,7 @@ function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchang
       ((socket as { encrypted?: boolean }).encrypted ? 'https' : 'http'),
     host:
       (sent !== null ? rawHeader(rawHeaders, 'host') : (req.headers.host ?? pseudoHeader(req, 'authority'))) ??
+      exchange.localHost ??
       marksBySocket.get(socket)?.localHost ??
       localHost(socket),
     startedAt: exchange.startedAt,

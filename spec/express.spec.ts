@@ -1065,14 +1065,20 @@ describe('a response that ends before the request reaches an instance', () => {
 
   closeAfter(() => [http, inner, outer, receiver]);
 
-  /** Sends `path` on a connection left open, and returns it with the bytes of the reply. */
-  async function heldRequest(path: string): Promise<{ socket: net.Socket; reply: Buffer }> {
+  /**
+   * Sends `path` (or the raw request `bytes`) on a connection left open, and returns it with the
+   * bytes of the reply.
+   */
+  async function heldRequest(
+    path: string,
+    bytes = `GET ${path} HTTP/1.1\r\nHost: h\r\n\r\n`,
+  ): Promise<{ socket: net.Socket; reply: Buffer }> {
     const held = once(gate, 'held');
     const socket = net.connect(http.port, '127.0.0.1');
     socket.on('error', () => undefined);
     const chunks: Buffer[] = [];
     socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-    socket.write(`GET ${path} HTTP/1.1\r\nHost: h\r\n\r\n`);
+    socket.write(bytes);
     const [release] = (await held) as [() => void];
     await until(() => Buffer.concat(chunks).toString('latin1').endsWith('timed out'), 5_000, 'the 503');
     const through = once(passed, 'request');
@@ -1123,5 +1129,21 @@ describe('a response that ends before the request reaches an instance', () => {
     await request(http.port, '/inner/after');
     await receiver.waitForLines(before + 2);
     assert.equal(receiver.records()[before + 1]?.['request'].uri, '/inner/after', 'nothing more of /inner/x');
+  });
+
+  it('reaching its only instance late, after its connection closed: the request as it was sent', async () => {
+    const before = receiver.lines.length;
+    // HTTP/1.0 without a Host header: the server closes the connection after the 503, and the
+    // record's host is then the socket's own address, read while it was open.
+    const head = 'POST /inner/x HTTP/1.0\r\nContent-Length: 5\r\n\r\n';
+    const { socket } = await heldRequest('/inner/x', `${head}hello`);
+    socket.destroy();
+    await receiver.waitForLines(before + 1);
+    const record = receiver.records()[before] as Json;
+    assert.equal(record['request'].method, 'POST');
+    assert.equal(record['request'].request_uri, `http://127.0.0.1:${http.port}/inner/x`);
+    assert.equal(record['request'].size, head.length + 5, 'the head and the body');
+    assert.equal(record['client_ip'], '127.0.0.1');
+    assert.equal(record['response'].status, 503);
   });
 });

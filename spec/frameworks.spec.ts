@@ -177,6 +177,36 @@ describe('works with', () => {
     }
   });
 
+  it('over HTTP/2, a stream its client reset before the request reached the logger is still logged', async () => {
+    const mw = logger('h2reset') as unknown as (q: unknown, s: unknown, next: () => void) => void;
+    /** Each request held in front of the logger, with what lets it go on, and its response. */
+    const held = new EventEmitter();
+    const server = http2.createServer(function handler(req, res) {
+      held.emit('request', () => mw(req, res, () => (res.stream.destroyed ? undefined : res.end('late'))), res);
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    const session = http2.connect(`http://127.0.0.1:${(server.address() as AddressInfo).port}`);
+    try {
+      const arrived = once(held, 'request');
+      const stream = session.request({ ':path': '/h2reset' });
+      stream.on('error', () => undefined);
+      stream.end();
+      const [release, res] = (await arrived) as [() => void, http2.Http2ServerResponse];
+      const reset = once(res.stream, 'close');
+      stream.close(http2.constants.NGHTTP2_CANCEL);
+      await reset;
+      release();
+      const record = await recordFor('h2reset');
+      assert.equal(record['request'].uri, '/h2reset');
+      assert.equal(record['response'].status, undefined, 'no head went out');
+    } finally {
+      session.close();
+      server.close();
+      await once(server, 'close');
+    }
+  });
+
   it('over HTTP/2 with TLS, request_uri has the https scheme and the :authority the client sent', async () => {
     const mw = logger('h2s');
     const server = http2.createSecureServer(
