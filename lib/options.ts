@@ -637,6 +637,16 @@ function identity(value: object): string {
  */
 function tlsKey(tls: Readonly<ConnectionOptions> | null): string {
   if (!tls) return 'off';
+  try {
+    return tlsText(tls);
+  } catch {
+    // A cycle, a getter that throws: this object is its own destination (shared by the same
+    // object only), rather than a raw JSON error from the factory.
+    return identity(tls);
+  }
+}
+
+function tlsText(tls: Readonly<ConnectionOptions>): string {
   return JSON.stringify(tls, function describe(this: Record<string, unknown>, key: string, value: unknown) {
     // `value` is what toJSON() made of it: a Buffer's is an array of numbers, longer than base64.
     const original = this[key];
@@ -645,6 +655,7 @@ function tlsKey(tls: Readonly<ConnectionOptions> | null): string {
       return `buffer:${viewBytes(original).toString('base64')}`;
     }
     if (typeof value === 'function') return identity(value);
+    if (typeof value === 'bigint') return `bigint:${value}`;
     if (typeof value === 'object' && value !== null && !Array.isArray(value) && !isPlainObject(value)) {
       return identity(value);
     }

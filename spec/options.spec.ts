@@ -668,6 +668,12 @@ describe('valid options', () => {
     assert.notEqual(key({ ca: pem }), key({ ca: otherPem }));
     // Any view of bytes is data (Node takes a Uint8Array as a Buffer).
     assert.equal(key({ ca: new Uint8Array(pem) }), key({ ca: new Uint8Array(pem) }));
+    // What JSON cannot write is no error of the factory's: a BigInt is data, a cycle its own.
+    assert.equal(key({ extra: 10n }), key({ extra: 10n }));
+    assert.notEqual(key({ extra: 10n }), key({ extra: 11n }));
+    const cyclic: Record<string, unknown> = { servername: 'logs.internal' };
+    cyclic['self'] = cyclic;
+    assert.match(key(cyclic), /ref:\d+/);
   });
 
   it('keeps onError', () => {
