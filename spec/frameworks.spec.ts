@@ -327,6 +327,78 @@ describe('servers made with their own ServerResponse class, and HTTP/1.0', () =>
       await server.close();
     }
   });
+
+  it('with a writeHead wrapper too, a request reaching a logger after its client left still writes its head', async () => {
+    class OwnHead extends nodeHttp.ServerResponse {}
+    // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to the response below
+    const inherited = nodeHttp.ServerResponse.prototype.writeHead;
+    OwnHead.prototype.writeHead = function ownWriteHead(this: nodeHttp.ServerResponse, ...args: unknown[]) {
+      return Reflect.apply(inherited, this, args) as nodeHttp.ServerResponse;
+    };
+    const outer = tcplog({ host: '127.0.0.1', port: receiver.port, api: { name: 'outer' } });
+    const inner = tcplog({ host: '127.0.0.1', port: receiver.port, api: { name: 'inner' } });
+    /** The request held between the two, with what lets it go on and its response. */
+    const held = new EventEmitter();
+    const handled = new EventEmitter();
+    const chain = [
+      outer as unknown as (q: IncomingMessage, s: ServerResponse, next: () => void) => void,
+      // An on-headers style wrapper, over the hook the logger put on this class's writeHead.
+      (_q: IncomingMessage, s: ServerResponse, next: () => void) => {
+        // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to `this` below
+        const previous = s.writeHead;
+        s.writeHead = function wrapped(this: ServerResponse, ...args: unknown[]) {
+          return Reflect.apply(previous, this, args);
+        } as typeof s.writeHead;
+        next();
+      },
+      (_q: IncomingMessage, s: ServerResponse, next: () => void) => {
+        held.emit('request', next, s);
+      },
+      inner as unknown as (q: IncomingMessage, s: ServerResponse, next: () => void) => void,
+      (_q: IncomingMessage, s: ServerResponse) => {
+        try {
+          s.writeHead(200, { 'content-type': 'text/plain' });
+          s.end('late');
+          handled.emit('done', null);
+        } catch (err) {
+          handled.emit('done', err);
+        }
+      },
+    ];
+    const server = await listen(
+      (req, res) => {
+        let at = 0;
+        const next = (): void => chain[at++]?.(req, res, next);
+        next();
+      },
+      { ServerResponse: OwnHead as typeof nodeHttp.ServerResponse },
+    );
+    const before = receiver.lines.length;
+    try {
+      const arrived = once(held, 'request');
+      const socket = net.connect(server.port, '127.0.0.1');
+      socket.on('error', () => undefined);
+      socket.write('GET /late-head HTTP/1.1\r\nHost: h\r\n\r\n');
+      const [release, res] = (await arrived) as [() => void, ServerResponse];
+      // The outer instance closes, and the client leaves: nothing open logs it at the close.
+      await outer.close();
+      const closed = once(res, 'close');
+      socket.destroy();
+      await closed;
+      await new Promise((resolve) => setImmediate(resolve));
+      const done = once(handled, 'done');
+      release();
+      const [thrown] = (await done) as [unknown];
+      assert.equal(thrown, null, `writeHead threw: ${String(thrown)}`);
+      await receiver.waitForLines(before + 1);
+      const record = receiver.records()[before] as Json;
+      assert.equal(record['request'].uri, '/late-head');
+      assert.equal(record['api'].name, 'inner');
+    } finally {
+      await inner.close();
+      await server.close();
+    }
+  });
 });
 
 /** Runs `script` in a Node process of its own, from the project root; killed after 15 s. */
