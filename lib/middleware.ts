@@ -685,7 +685,7 @@ function buildAndSend(res: TrackedResponse, announced: boolean): void {
         arrivedAt: exchange.arrivedAt,
         startedAt: exchange.startedAt,
         taken: exchange.instance !== null,
-        localHost: hostless ? (marksBySocket.get(socket)?.localHost ?? localHost(socket)) : null,
+        localHost: hostless ? (exchange.localHost ?? marksBySocket.get(socket)?.localHost ?? localHost(socket)) : null,
       }),
     );
     return;
@@ -846,8 +846,10 @@ function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchang
       localHost(socket),
     startedAt: exchange.startedAt,
     arrivedAt: exchange.arrivedAt,
-    // A head that never went out has no time it went out.
-    headersAt: response === null ? null : exchange.headersAt,
+    // A head that never went out has no time it went out. One that went out before the request
+    // reached the logger (a middleware in front wrote it) took none of the app's time after it.
+    headersAt:
+      response === null || exchange.headersAt === null ? null : Math.max(exchange.headersAt, exchange.arrivedAt),
     finishedAt: exchange.endedAt,
     response,
     responseBytes: exchange.responseBytes,

@@ -1147,3 +1147,69 @@ describe('a response that ends before the request reaches an instance', () => {
     assert.equal(record['response'].status, 503);
   });
 });
+
+describe('times and hosts when the head or the end came before the logger', () => {
+  let receiver: LineServer;
+
+  before(async () => {
+    receiver = await startLineServer();
+  });
+
+  closeAfter(() => [receiver]);
+
+  it('a head written by a middleware in front: latencies.proxy is 0, not below it', async () => {
+    const mw = tcplog({ host: '127.0.0.1', port: receiver.port, api: { name: 'head-first' } });
+    const front = new EventEmitter();
+    const http = await listen((req, res) => {
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      res.write('from the front ');
+      front.emit('wrote', () => mw(req, res, () => res.end('and the app')));
+    });
+    try {
+      const wrote = once(front, 'wrote');
+      const reply = request(http.port, '/head-first');
+      const [goOn] = (await wrote) as [() => void];
+      // The head went out before the logger: time passes before the request reaches it.
+      await new Promise((resolve) => setTimeout(resolve, 30));
+      goOn();
+      assert.equal((await reply).status, 200);
+      const record = (await waitFor(receiver, 'line', () =>
+        receiver.records().some((r) => r['api']?.name === 'head-first'),
+      ).then(() => receiver.records().find((r) => r['api']?.name === 'head-first'))) as Json;
+      assert.equal(record['latencies'].proxy, 0);
+      assert.ok(record['latencies'].request + 1 >= record['latencies'].proxy);
+    } finally {
+      await http.close();
+      await mw.close();
+    }
+  });
+
+  it('a late request an instance took and then closed on: the next one logs it, with the host it had', async () => {
+    const first = tcplog({ host: '127.0.0.1', port: receiver.port, api: { name: 'first' } });
+    const second = tcplog({ host: '127.0.0.1', port: receiver.port, api: { name: 'second' } });
+    const http = await listen((req, res) => {
+      res.end('front');
+      // After the finish, and after the connection closed (HTTP/1.0): the first instance takes it
+      // late and is closed in the same turn; the second comes after.
+      res.on('close', () => {
+        setImmediate(() => {
+          first(req, res, () => {
+            void first.close();
+            setImmediate(() => second(req, res, () => undefined));
+          });
+        });
+      });
+    });
+    try {
+      await rawExchange(http.port, 'GET /hostless HTTP/1.0\r\n\r\n', () => false);
+      const record = (await waitFor(receiver, 'line', () =>
+        receiver.records().some((r) => r['api']?.name === 'second'),
+      ).then(() => receiver.records().find((r) => r['api']?.name === 'second'))) as Json;
+      assert.equal(record['request'].request_uri, `http://127.0.0.1:${http.port}/hostless`);
+      assert.ok(!receiver.records().some((r) => r['api']?.name === 'first'), 'logged once');
+    } finally {
+      await http.close();
+      await second.close();
+    }
+  });
+});
