@@ -929,6 +929,17 @@ function nestedPair(port: number): { outer: tcplog.Middleware; inner: tcplog.Mid
   };
 }
 
+/** A router with the inner instance, whose handler says on `passed` that a request got through. */
+function innerRouter(inner: tcplog.Middleware, passed: EventEmitter): express.Router {
+  const router = express.Router();
+  router.use(inner);
+  router.use((_req, res) => {
+    passed.emit('request');
+    if (!res.headersSent) res.send('late');
+  });
+  return router;
+}
+
 describe('a router-level instance closed while its requests are in flight', () => {
   let receiver: LineServer;
   let http: Listening;
@@ -987,13 +998,7 @@ describe('a client that leaves between two nested instances', () => {
     app.use('/r', (_req, _res, next) => {
       gate.emit('held', () => next());
     });
-    const router = express.Router();
-    router.use(inner);
-    router.use((_req, res) => {
-      passed.emit('request');
-      res.send('late');
-    });
-    app.use('/r', router);
+    app.use('/r', innerRouter(inner, passed));
     app.get('/after', (_req, res) => {
       res.send('after');
     });
@@ -1053,13 +1058,7 @@ describe('a response that ends before the request reaches an instance', () => {
       gate.emit('held', () => next());
     };
     app.use(['/both', '/inner'], answerEarly);
-    const router = express.Router();
-    router.use(inner);
-    router.use((_req, res) => {
-      passed.emit('request');
-      if (!res.headersSent) res.send('late');
-    });
-    app.use(['/both', '/inner'], router);
+    app.use(['/both', '/inner'], innerRouter(inner, passed));
     http = await listen(app);
   });
 
