@@ -640,8 +640,8 @@ function tlsKey(tls: Readonly<ConnectionOptions> | null): string {
   try {
     return tlsText(tls);
   } catch {
-    // A cycle, a getter that throws: this object is its own destination (shared by the same
-    // object only), rather than a raw JSON error from the factory.
+    // A cycle (a getter that throws was refused when the options were read): this object is
+    // its own destination, rather than a raw JSON error from the factory.
     return identity(tls);
   }
 }

@@ -332,9 +332,9 @@ export function isAbsoluteUrl(url: string): boolean {
 
 const ABSOLUTE_URL = /^[a-z][a-z0-9+.-]*:\/\//i;
 
-/** The forms of an IPv4-mapped IPv6 address with the IPv4 part dotted, any case. */
 /** The zeros before `ffff:` in an IPv4-mapped address, in any of their forms. */
 const MAPPED_PREFIX = '(?:(?:0{1,4}:){5}|(?:0{1,4}(?::0{1,4}){0,3})?::)ffff:';
+/** The forms of an IPv4-mapped IPv6 address with the IPv4 part dotted, any case. */
 const IPV4_MAPPED = new RegExp(`^${MAPPED_PREFIX}(\\d{1,3}(?:\\.\\d{1,3}){3})$`, 'i');
 /** The same with the IPv4 address as two hex groups: `::ffff:102:304` is 1.2.3.4. */
 const IPV4_MAPPED_HEX = new RegExp(`^${MAPPED_PREFIX}([\\da-f]{1,4}):([\\da-f]{1,4})$`, 'i');
