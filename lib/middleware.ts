@@ -143,7 +143,8 @@ interface LiveExchange {
  * What stays of an exchange whose response ended while the request may still be on its way
  * through the app, to an instance that must not start anew (see takeLate). Without `req`, `res`
  * or the socket: kept in the table until the response is collected, it must not hold them (a
- * table that held whole exchanges cost 10 % more instructions per request, in the collector).
+ * table that held whole exchanges cost 10 % more instructions per request, in the garbage
+ * collector).
  */
 class Ended {
   constructor(
