@@ -148,8 +148,7 @@ interface LiveExchange {
  */
 class Ended {
   constructor(
-    /** Logged (or skipped) already; else what the record needs, read while it could be. */
-    readonly logged: boolean,
+    /** What the record needs, read while it could be; null once it is logged (or skipped). */
     readonly exchange: EndedExchange | null,
   ) {}
 }
@@ -165,7 +164,7 @@ type EndedExchange = Pick<
 };
 
 /** The mark of a logged response (see Ended). */
-const LOGGED = new Ended(true, null);
+const LOGGED = new Ended(null);
 
 interface OuterTake {
   readonly instance: Instance;
@@ -207,7 +206,7 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
   const existing = byResponse.get(res);
   if (existing instanceof Ended) {
     // It ended before it reached this instance (see takeLate).
-    if (!existing.logged) takeLate(instance, existing, req, res);
+    takeLate(instance, existing, req, res);
     return;
   }
   // Logged at its finish, and let go of then (most responses end there: no mark is kept for
@@ -549,6 +548,7 @@ function onFinish(this: ServerResponse): void {
  */
 function takeLate(instance: Instance, ended: Ended, req: ExpressLikeRequest, res: TrackedResponse): void {
   const kept = ended.exchange;
+  // Logged already (LOGGED), or by this instance never.
   if (instance.closed || kept === null) return;
   // Made again from what was kept, with no hook on `req` or `res`: their exchange has ended.
   // Nested instances reached in this turn find this one and take it on as the innermost.
@@ -560,14 +560,14 @@ function takeLate(instance: Instance, ended: Ended, req: ExpressLikeRequest, res
   exchange.localHost = kept.localHost;
   exchange.endedAt = kept.endedAt;
   exchange.responseBytes = kept.responseBytes;
+  // A head that went out before the arrival counts from it (see describe()).
+  exchange.headersAt = kept.headersAt;
   if (kept.taken) {
     exchange.arrivedAt = kept.arrivedAt;
     exchange.startedAt = kept.startedAt;
-    exchange.headersAt = kept.headersAt;
   } else {
     exchange.arrivedAt = kept.endedAt;
     exchange.startedAt = Date.now() - Math.round(performance.now() - kept.endedAt);
-    exchange.headersAt = kept.headersAt === null ? null : kept.endedAt;
   }
   setImmediate(logAbandoned, exchange);
 }
@@ -676,7 +676,7 @@ function buildAndSend(res: TrackedResponse, announced: boolean): void {
     const hostless = sent === null || rawHeader(sent.rawHeaders, 'host') === undefined;
     byResponse.set(
       res,
-      new Ended(false, {
+      new Ended({
         sent,
         bodyBytes: exchange.bodyBytes,
         remoteAddress: exchange.remoteAddress,
