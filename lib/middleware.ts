@@ -15,17 +15,11 @@ import diagnostics from 'node:diagnostics_channel';
 import { ServerResponse, type IncomingMessage } from 'node:http';
 import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
-import { PACKAGE, ignoreRejection, isThenable, show, thrownText } from './errors.js';
+import { PACKAGE, thrownText } from './errors.js';
 import { queuedBytes, tcpHandle, type StreamHandle } from './handle.js';
+import { hookValues, skips, type ReportHook } from './hooks.js';
 import type { Hooks, RecordSettings } from './options.js';
-import {
-  REQUEST_ID,
-  headerText,
-  type CapturedExchange,
-  type CapturedResponse,
-  type CustomValue,
-  type Extras,
-} from './record.js';
+import { REQUEST_ID, headerText, type CapturedExchange, type CapturedResponse } from './record.js';
 import { writeRecord } from './serialize.js';
 
 /** What Express (4 or 5) adds to a request; Connect and bare `http` have none of it. */
@@ -57,7 +51,7 @@ export interface Instance {
   /** Reports a bug of ours caught on the finish path; never throws. */
   readonly reportInternal: (err: unknown) => void;
   /** Reports a failing user hook, once per hook (`skip`, `consumer`, `customFields["x"]`). */
-  readonly reportHook: (hook: string, err: Error) => void;
+  readonly reportHook: ReportHook;
 }
 
 export type Next = (err?: unknown) => void;
@@ -701,14 +695,9 @@ function buildAndSend(res: TrackedResponse, announced: boolean): void {
     // What was sent is read before any hook runs: a hook that changes `req` or `res` (or
     // `res._header`) cannot change the record.
     const captured = describe(exchange, res);
-    const { hooks } = instance;
-    if (hooks.skip !== null) {
-      const skip = hooks.skip;
-      // Any truthy value, as morgan takes it: a JavaScript app may return a string or a match.
-      const skipped = callHook(instance, 'skip', () => skip(req, res));
-      if (skipped !== FAILED && Boolean(skipped)) return;
-    }
-    const extras = hooks.consumer !== null || hooks.customFields.length > 0 ? runHooks(instance, req, res) : undefined;
+    const { hooks, reportHook } = instance;
+    if (skips(hooks, reportHook, req, res)) return;
+    const extras = hookValues(hooks, reportHook, req, res);
     let written: { readonly data: Buffer; readonly length: number };
     try {
       written = writeRecord(captured, instance.record, extras);
@@ -730,95 +719,6 @@ function buildAndSend(res: TrackedResponse, announced: boolean): void {
     // An event listener: a throw here would crash the app.
     instance.reportInternal(err);
   }
-}
-
-const FAILED = Symbol('hook failed');
-
-/**
- * Calls a user function; a throw is reported once and never reaches the app. The record is built
- * as the response finishes and cannot wait: a function that returns a Promise is reported, and
- * its rejection, if any, is caught rather than left unhandled (which would end the process).
- */
-function callHook(instance: Instance, hook: string, call: () => unknown): unknown {
-  try {
-    const value = call();
-    if (!isThenable(value)) return value;
-    ignoreRejection(value);
-    instance.reportHook(
-      hook,
-      new Error(`${PACKAGE}: ${hook} returned a Promise; it must return its value synchronously`),
-    );
-  } catch (err) {
-    instance.reportHook(hook, new Error(`${PACKAGE}: ${hook} threw: ${thrownText(err)}`, { cause: err }));
-  }
-  return FAILED;
-}
-
-/**
- * The value as plain data, or FAILED (reported): a BigInt or a cycle would lose the whole
- * record, and a function or a Symbol would remove the field it was meant to set. The copy is what
- * the record gets: a getter or a toJSON() is run once, here, and not again, with another result,
- * when the record is written.
- */
-function serializable(instance: Instance, hook: string, value: unknown): unknown {
-  let json: string | undefined;
-  try {
-    json = JSON.stringify(value);
-  } catch (err) {
-    instance.reportHook(hook, new Error(`${PACKAGE}: ${hook} returned a value JSON cannot write: ${thrownText(err)}`));
-    return FAILED;
-  }
-  if (json === undefined) {
-    instance.reportHook(
-      hook,
-      new Error(
-        `${PACKAGE}: ${hook} returned a value JSON cannot write (a function, a Symbol, or a toJSON() that returned one); return undefined to leave the field out`,
-      ),
-    );
-    return FAILED;
-  }
-  return JSON.parse(json) as unknown;
-}
-
-/** `consumer`'s value for the record: an object, `{ id }` for a string or a number, or none. */
-function consumerValue(instance: Instance, value: unknown): unknown {
-  // null as well as undefined: `req.user && {...}` gives null after Passport's logout().
-  if (value === undefined || value === null || value === FAILED) return undefined;
-  if (typeof value === 'string' || (typeof value === 'number' && Number.isFinite(value))) return { id: value };
-  let shown: unknown = value;
-  if (typeof value === 'object') {
-    const data = serializable(instance, 'consumer', value);
-    if (data === FAILED) return undefined;
-    if (data !== null && typeof data === 'object' && !Array.isArray(data)) return data;
-    // What it wrote as JSON (a Date's string, an array): quoting that runs no user code again.
-    shown = data;
-  }
-  instance.reportHook(
-    'consumer',
-    new Error(`${PACKAGE}: consumer must return an object, a string, a number, null or undefined; got ${show(shown)}`),
-  );
-  return undefined;
-}
-
-function runHooks(instance: Instance, req: ExpressLikeRequest, res: ServerResponse): Extras {
-  const { hooks } = instance;
-  let consumer: unknown;
-  if (hooks.consumer !== null) {
-    const find = hooks.consumer;
-    consumer = consumerValue(
-      instance,
-      callHook(instance, 'consumer', () => find(req)),
-    );
-  }
-  const custom: CustomValue[] = [];
-  for (const field of hooks.customFields) {
-    const hook = `customFields[${JSON.stringify(field.name)}]`;
-    let value = callHook(instance, hook, () => field.fn(req, res));
-    if (value !== undefined && value !== FAILED) value = serializable(instance, hook, value);
-    // A failing field is left out; the rest of the record stands.
-    if (value !== FAILED) custom.push({ path: field.path, value });
-  }
-  return { consumer, custom };
 }
 
 function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchange {
