@@ -122,6 +122,11 @@ interface LiveExchange {
   /** When the response finished (or the exchange was aborted), and the bytes it wrote. */
   endedAt: number;
   responseBytes: number;
+  /**
+   * Bytes of informational responses (`100 Continue`, `102 Processing`, `103 Early Hints`) sent
+   * before the head: in the size, but not the head, which may not have gone out after them.
+   */
+  informationalBytes: number;
   /** `req.baseUrl` when the innermost instance saw the request. */
   mountedAt: string;
   /** The socket's own address read earlier, for a request without a Host header (see takeLate). */
@@ -149,7 +154,15 @@ class Ended {
 
 type EndedExchange = Pick<
   LiveExchange,
-  'sent' | 'bodyBytes' | 'remoteAddress' | 'endedAt' | 'responseBytes' | 'headersAt' | 'arrivedAt' | 'startedAt'
+  | 'sent'
+  | 'bodyBytes'
+  | 'remoteAddress'
+  | 'endedAt'
+  | 'responseBytes'
+  | 'informationalBytes'
+  | 'headersAt'
+  | 'arrivedAt'
+  | 'startedAt'
 > & {
   /** Whether an instance had it (closed since): else it spent no time in one. */
   readonly taken: boolean;
@@ -332,6 +345,7 @@ function newExchange(
     writeHead: null,
     endedAt: -1,
     responseBytes: 0,
+    informationalBytes: 0,
     mountedAt: '',
     localHost: null,
     outer: null,
@@ -509,6 +523,36 @@ function installSharedHooks(): void {
   } as WriteHead;
   prototype.writeHead = hook;
   sharedHook = hook;
+  countInformational(prototype, 'writeContinue');
+  countInformational(prototype, 'writeProcessing');
+  countInformational(prototype, 'writeEarlyHints');
+}
+
+/**
+ * Wraps a method that sends an informational response, to count its bytes apart (see
+ * sentResponse()). Only these calls pay for it, and most responses send no 1xx.
+ */
+function countInformational(
+  prototype: typeof ServerResponse.prototype,
+  name: 'writeContinue' | 'writeProcessing' | 'writeEarlyHints',
+): void {
+  // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to `this` below
+  const original = prototype[name];
+  // Written straight to the socket, or queued on the response behind an earlier one: either way
+  // the sum grows by what this call sent.
+  const offered = (res: ServerResponse): number =>
+    (res.socket?.bytesWritten ?? 0) + ((res as { outputSize?: unknown }).outputSize as number);
+  prototype[name] = function informational(this: ServerResponse, ...args: unknown[]): unknown {
+    const exchange = byResponse.get(this);
+    if (exchange === undefined || exchange instanceof Ended) return Reflect.apply(original, this, args) as unknown;
+    const before = offered(this);
+    try {
+      return Reflect.apply(original, this, args) as unknown;
+    } finally {
+      const sent = offered(this) - before;
+      if (sent > 0) exchange.informationalBytes += sent;
+    }
+  };
 }
 
 /** The same, as an own property of a response whose `writeHead` is not the shared hook. */
@@ -554,6 +598,7 @@ function takeLate(instance: Instance, ended: Ended, req: ExpressLikeRequest, res
   exchange.localHost = kept.localHost;
   exchange.endedAt = kept.endedAt;
   exchange.responseBytes = kept.responseBytes;
+  exchange.informationalBytes = kept.informationalBytes;
   // A head that went out before the arrival counts from it (see describe()).
   exchange.headersAt = kept.headersAt;
   if (kept.taken) {
@@ -676,6 +721,7 @@ function buildAndSend(res: TrackedResponse, announced: boolean): void {
         remoteAddress: exchange.remoteAddress,
         endedAt: exchange.endedAt,
         responseBytes: exchange.responseBytes,
+        informationalBytes: exchange.informationalBytes,
         headersAt: exchange.headersAt,
         arrivedAt: exchange.arrivedAt,
         startedAt: exchange.startedAt,
@@ -729,7 +775,7 @@ function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchang
   // announced the request; else as `req` has it now.
   const request = sent ?? sentRequest(req, req.originalUrl ?? req.url ?? '/');
   const { rawHeaders } = request;
-  const response = sentResponse(res, sent !== null, exchange.responseBytes);
+  const response = sentResponse(res, sent !== null, exchange.responseBytes - exchange.informationalBytes);
   return {
     method: request.method,
     url: request.url,
@@ -786,9 +832,10 @@ function sentResponse(res: TrackedResponse, fromNode: boolean, bytes: number): C
   if (fromNode) {
     const head = res._header;
     // `_header` is made by writeHead(), before anything is sent: the head went out only if the
-    // socket took at least its bytes (one per character: Node writes heads as latin1). Not
-    // `_headerSent`: it is also set for a head written to a socket Node itself had already ended
-    // (its 400 to a request cut short), and each read of a response costs (see arrive()).
+    // socket took at least its bytes (one per character: Node writes heads as latin1) beyond
+    // the 1xx responses before it, which `bytes` leaves out. Not `_headerSent`: it is also set for
+    // a head written to a socket Node itself had already ended (its 400 to a request cut short),
+    // and each read of a response costs (see arrive()).
     if (typeof head !== 'string' || head.length === 0 || bytes < head.length) return null;
     return { status: statusOf(head) ?? res.statusCode, head, headers: null };
   }

@@ -763,6 +763,13 @@ describe('what the client got, when some of the response never went out', () => 
       res.writeHead(201, { 'x-late': 'y' });
       arrivals.emit('head-only');
     });
+    app.get('/informational-head-only', (_req, res) => {
+      // Informational responses go out at once; the head, with the first write, never does.
+      res.writeEarlyHints({ link: Array.from({ length: 8 }, (_, i) => `</asset${i}.css>; rel=preload; as=style`) });
+      res.writeProcessing();
+      res.writeHead(200, { 'content-type': 'text/plain' });
+      arrivals.emit('informational-head-only', (res as unknown as { _header: string })._header.length);
+    });
     app.get('/export', (_req, res) => {
       // An export built in memory, sent in one write: most of it waits in the process.
       res.type('application/octet-stream').end(Buffer.alloc(EXPORT_BYTES, 0x61));
@@ -817,6 +824,32 @@ describe('what the client got, when some of the response never went out', () => 
     assert.equal(record['response'].status, undefined);
     assert.deepEqual(record['response'].headers, {});
     assert.equal(record['response'].size, 0);
+    assert.equal(record['latencies'].proxy, undefined);
+  });
+
+  it('1xx responses sent, then a head made but never sent: no status, and the 1xx bytes as the size', async () => {
+    const socket = net.connect(http.port, '127.0.0.1');
+    await once(socket, 'connect');
+    const arrived = once(arrivals, 'informational-head-only') as Promise<[number]>;
+    let received = '';
+    const informational = new Promise<void>((resolve) => {
+      socket.on('data', (chunk: Buffer) => {
+        received += chunk.toString('latin1');
+        if (received.includes('102 Processing\r\n\r\n')) resolve();
+      });
+    });
+    socket.write('GET /informational-head-only HTTP/1.1\r\nHost: h\r\n\r\n');
+    const [[headLength]] = await Promise.all([arrived, informational]);
+    socket.destroy();
+    await once(socket, 'close');
+    // More bytes went out than the head has: the count alone cannot say the head was not among them.
+    assert.ok(received.length > headLength, `${received.length} bytes of 1xx, a head of ${headLength}`);
+    assert.doesNotMatch(received, /200 OK/);
+    await receiver.waitForLines(receiver.lines.length + 1);
+    const record = receiver.records().find((r) => r['request'].uri === '/informational-head-only') as Json;
+    assert.equal(record['response'].status, undefined);
+    assert.deepEqual(record['response'].headers, {});
+    assert.equal(record['response'].size, received.length);
     assert.equal(record['latencies'].proxy, undefined);
   });
 
