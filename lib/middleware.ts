@@ -409,9 +409,18 @@ const serverRequest = diagnostics.channel('http.server.request.start');
 
 /** Node's announcement of a finished response: the record of a tracked one is built now. */
 function onServerFinish(message: unknown): void {
-  const res = (message as { response?: TrackedResponse } | null)?.response;
-  // Every response of every server in the process is announced; untracked ones are no-ops.
-  if (res !== undefined) buildAndSend(res, true);
+  const { response: res, socket } = (message ?? {}) as { response?: TrackedResponse; socket?: Socket };
+  if (res === undefined) return;
+  const entry = byResponse.get(res);
+  if (entry !== undefined) {
+    buildAndSend(res, entry, true);
+    return;
+  }
+  // Every response of every server in the process is announced. One made while no instance was
+  // open is not tracked, but a logged response queued behind it on the connection (pipelining)
+  // starts where it ended.
+  const marks = socket === undefined ? undefined : marksBySocket.get(socket);
+  if (marks !== undefined) marks.lastEnd = (socket as Socket).bytesWritten;
 }
 
 /** A connection closed: its exchanges that never finished are logged as they stand. */
@@ -666,11 +675,11 @@ function noteEnd(socket: Socket): void {
  * (router level) have set the innermost configuration.
  */
 function logAbandoned(exchange: LiveExchange): void {
-  buildAndSend(exchange.res, false);
+  buildAndSend(exchange.res, byResponse.get(exchange.res), false);
 }
 
 function onClose(this: TrackedResponse): void {
-  buildAndSend(this, false);
+  buildAndSend(this, byResponse.get(this), false);
 }
 
 /**
@@ -693,11 +702,10 @@ function loggingInstance(exchange: LiveExchange): Instance | null {
 
 /**
  * Builds the record of a finished (or abandoned) response and hands it to the sink, once, if an
- * open instance has it. `announced`: Node announced its finish (rather than its client leaving,
- * or a response Node does not announce ending).
+ * open instance has it. `exchange`: what the table holds for it. `announced`: Node announced its
+ * finish (rather than its client leaving, or a response Node does not announce ending).
  */
-function buildAndSend(res: TrackedResponse, announced: boolean): void {
-  const exchange = byResponse.get(res);
+function buildAndSend(res: TrackedResponse, exchange: LiveExchange | Ended | undefined, announced: boolean): void {
   if (exchange === undefined || exchange instanceof Ended) return;
   const { req } = exchange;
   // No middleware took the request (another server's, or routed elsewhere; or not yet: see
