@@ -442,11 +442,20 @@ function onSocketError(this: Socket, err: unknown): void {
   if (marks !== undefined && queued > 0) marks.unsent = queued;
   // Alone, this listener would make an error handled that was not: the socket's owner has let it
   // go (Node's server hands an upgraded socket to its 'upgrade' handler with no listener of its
-  // own). It stays unhandled, thrown from the emit as it would be without this module.
-  if (this.listenerCount('error') === 1) {
+  // own). It stays unhandled, thrown from the emit as it would be without this module. Alone
+  // with the same listener of another copy of the package, too: else each would count the other.
+  if (this.listeners('error').every(isOwnErrorListener)) {
     this.removeListener('error', onSocketError);
     throw err;
   }
+}
+
+/** Marks onSocketError for every copy of the package loaded in the process (see there). */
+const OWN_ERROR_LISTENER = Symbol.for('express-tcplog.socketErrorListener');
+Object.defineProperty(onSocketError, OWN_ERROR_LISTENER, { value: true });
+
+function isOwnErrorListener(listener: unknown): boolean {
+  return (listener as { [OWN_ERROR_LISTENER]?: unknown })[OWN_ERROR_LISTENER] === true;
 }
 
 /** A body comes only with Content-Length or Transfer-Encoding (RFC 9112, 6.3). */

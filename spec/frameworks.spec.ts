@@ -462,15 +462,30 @@ describe('once every instance is closed', () => {
 });
 
 describe("a socket handed to an 'upgrade' handler", () => {
-  it("its errors stay the handler's: unhandled when it has no listener, as without the logger", async () => {
-    // In a process of its own: the error is meant to be uncaught there.
-    const lib = path.resolve(__dirname, '../lib/index.js');
-    const script = `
+  for (const copies of [1, 2]) {
+    it(`its errors stay the handler's: unhandled when it has no listener, as without the logger (${copies} ${copies === 1 ? 'copy' : 'copies'} of the package)`, async () => {
+      // In a process of its own: the error is meant to be uncaught there.
+      const lib = path.resolve(__dirname, '../lib/index.js');
+      // A second copy, as a dependency that bundles its own gives: a listener of its own on the socket.
+      const script = `
+      const fs = require('node:fs');
       const http = require('node:http');
       const net = require('node:net');
+      const os = require('node:os');
+      const path = require('node:path');
+      const libs = [${JSON.stringify(lib)}];
+      if (${copies} === 2) {
+        const copy = fs.mkdtempSync(path.join(os.tmpdir(), 'express-tcplog-copy-'));
+        process.on('exit', () => fs.rmSync(copy, { recursive: true, force: true }));
+        fs.cpSync(path.dirname(libs[0]), copy, { recursive: true });
+        libs.push(path.join(copy, 'index.js'));
+      }
       const receiver = net.createServer((s) => s.resume()).listen(0, '127.0.0.1', () => {
-        const mw = require(${JSON.stringify(lib)})({ host: '127.0.0.1', port: receiver.address().port, onError() {} });
-        const server = http.createServer((req, res) => mw(req, res, () => res.end('plain')));
+        const port = receiver.address().port;
+        const [first, second] = libs.map((lib) => require(lib)({ host: '127.0.0.1', port, onError() {} }));
+        const server = http.createServer((req, res) =>
+          first(req, res, () => (second ? second(req, res, () => res.end('plain')) : res.end('plain'))),
+        );
         // Many 'upgrade' handlers add no 'error' listener.
         server.on('upgrade', (req, socket) => {
           socket.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: test\\r\\nConnection: Upgrade\\r\\n\\r\\n');
@@ -494,10 +509,12 @@ describe("a socket handed to an 'upgrade' handler", () => {
           client.on('error', () => {});
         });
       });`;
-    const { code, output } = await runNode(script);
-    assert.equal(code, 0, output);
-    assert.deepEqual(JSON.parse(output), { uncaught: 'ECONNRESET', listeners: 0 });
-  });
+      const { code, output } = await runNode(script);
+      assert.equal(code, 0, output);
+      // The first copy's listener throws; the other copy's stays, never called.
+      assert.deepEqual(JSON.parse(output), { uncaught: 'ECONNRESET', listeners: copies - 1 });
+    });
+  }
 });
 
 describe('never keeps the process alive', () => {
