@@ -35,6 +35,14 @@ const BACKOFF_BASE_MS = 50;
  * server to go to. The outage is declared over only once a connection has lasted this long.
  */
 const PROVEN_MS = 1_000;
+/**
+ * A connection proven that stalls within this long proved nothing: the kernel takes what is
+ * written whether the collector reads it or not (a path that drops large packets, a collector
+ * that hangs after a while). The backoff then goes on growing, and the next connection must last
+ * this long to end the outage: else each reconnect would end it and the next stall start it
+ * again, a warning each time.
+ */
+const STEADY_MS = 60_000;
 const EARLY_FAILURES = 3;
 /**
  * How long a TLS 1.3 connection waits for the server's word before records go on it: a server
@@ -67,6 +75,9 @@ interface Connection {
   acceptTimer: NodeJS.Timeout | null;
   /** When it opened (performance.now()), or -1. */
   openedAt: number;
+  /** When it proved the collector back (see #proven), or -1; and the backoff it reset then. */
+  provenAt: number;
+  attemptBefore: number;
   /** It stalled: it did not work, whatever it confirmed. */
   failed: boolean;
   /** It failed with an error within PROVEN_MS of opening. */
@@ -116,6 +127,8 @@ export class TcpLogClient implements RecordSink {
   /** Connections in a row to the current server that failed within PROVEN_MS (see there). */
   #earlyFailures = 0;
   #attempt = 0;
+  /** A proven connection stalled soon after (see STEADY_MS): the next must last longer. */
+  #unsteady = false;
   #connects = 0;
   #errors = 0;
   #flushImmediate: NodeJS.Immediate | null = null;
@@ -268,6 +281,8 @@ export class TcpLogClient implements RecordSink {
       provenTimer: null,
       acceptTimer: null,
       openedAt: -1,
+      provenAt: -1,
+      attemptBefore: 0,
       failed: false,
       failedEarly: false,
       errored: false,
@@ -364,7 +379,7 @@ export class TcpLogClient implements RecordSink {
         connection.provenTimer = null;
         if (connection === this.#active && connection.state === 'open') this.#proven(connection);
       },
-      PROVEN_MS,
+      this.#unsteady ? STEADY_MS : PROVEN_MS,
       true,
     );
     if (connection.index !== 0) this.#scheduleFailback();
@@ -373,6 +388,9 @@ export class TcpLogClient implements RecordSink {
 
   /** A connection that worked: the backoff and the failover round start again; an outage is over. */
   #proven(connection: Connection): void {
+    connection.provenAt = performance.now();
+    connection.attemptBefore = this.#attempt;
+    this.#unsteady = false;
     this.#attempt = 0;
     this.#failedInRound = 0;
     this.#earlyFailures = 0;
@@ -469,6 +487,11 @@ export class TcpLogClient implements RecordSink {
           'the server closed the connection before it was used',
         ),
       );
+    }
+    if (connection.failed && connection.provenAt !== -1 && performance.now() - connection.provenAt < STEADY_MS) {
+      // Proven, then stalled: it proved nothing (see STEADY_MS).
+      this.#unsteady = true;
+      this.#attempt = connection.attemptBefore;
     }
     const early = connection.failedEarly;
     this.#earlyFailures = early ? this.#earlyFailures + 1 : 0;

@@ -458,6 +458,46 @@ describe('error reporting without onError', () => {
     );
   });
 
+  it('a collector that reads for a while on each connection, then stops: one warning, not one per reconnect', async () => {
+    // As a path that drops large packets behaves: every connection opens and the kernel takes
+    // writes, past the second that would prove it, then nothing more gets through.
+    const warnings = deliveryWarnings();
+    const collector = net.createServer((socket) => {
+      socket.resume();
+      setTimeout(() => socket.pause(), 1_200);
+    });
+    collector.listen(0, '127.0.0.1');
+    await once(collector, 'listening');
+    const sockets = new Set<net.Socket>();
+    collector.on('connection', (socket: net.Socket) => sockets.add(socket));
+    cleanup.push(async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => collector.close(resolve));
+    });
+    const { port } = collector.address() as net.AddressInfo;
+    const client = new TcpLogClient(
+      parseOptions({ host: '127.0.0.1', port, timeout: 300, maxBufferBytes: 64 << 20 }).destination,
+    );
+    const errors: Error[] = [];
+    client.addReporter(null);
+    client.addReporter((err) => errors.push(err));
+    cleanup.push(() => void client.shutdown());
+    const record = `{"pad":"${'x'.repeat(16 * 1024)}"}\r\n`;
+    const stalls = (): number => errors.filter((err) => (err as Code).code === 'ESTALLED').length;
+    // Three connections cut as stalled, each after it had lasted past the second.
+    const deadline = Date.now() + 30_000;
+    while (stalls() < 3 && Date.now() < deadline) {
+      client.push(record);
+      await new Promise((resolve) => setTimeout(resolve, 2));
+    }
+    assert.equal(stalls(), 3, errors.map((err) => err.message).join('\n'));
+    assert.deepEqual(
+      warnings.map((message) => (/recovered/.test(message) ? 'recovered' : 'failing')),
+      ['failing'],
+      warnings.join('\n'),
+    );
+  });
+
   it('keepalive shorter than a second: an outage still ends, and the next one is warned of', async () => {
     const warnings = deliveryWarnings();
     const port = await freePort();
