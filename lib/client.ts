@@ -127,8 +127,11 @@ export class TcpLogClient implements RecordSink {
   /** Connections in a row to the current server that failed within PROVEN_MS (see there). */
   #earlyFailures = 0;
   #attempt = 0;
-  /** A proven connection stalled soon after (see STEADY_MS): the next must last longer. */
-  #unsteady = false;
+  /**
+   * Servers (by index) whose proven connection stalled soon after (see STEADY_MS): their next
+   * connection must last longer. Per server: a fallback that works is proven as usual.
+   */
+  readonly #unsteady = new Set<number>();
   #connects = 0;
   #errors = 0;
   #flushImmediate: NodeJS.Immediate | null = null;
@@ -379,7 +382,7 @@ export class TcpLogClient implements RecordSink {
         connection.provenTimer = null;
         if (connection === this.#active && connection.state === 'open') this.#proven(connection);
       },
-      this.#unsteady ? STEADY_MS : PROVEN_MS,
+      this.#unsteady.has(connection.index) ? STEADY_MS : PROVEN_MS,
       true,
     );
     if (connection.index !== 0) this.#scheduleFailback();
@@ -390,7 +393,7 @@ export class TcpLogClient implements RecordSink {
   #proven(connection: Connection): void {
     connection.provenAt = performance.now();
     connection.attemptBefore = this.#attempt;
-    this.#unsteady = false;
+    this.#unsteady.delete(connection.index);
     this.#attempt = 0;
     this.#failedInRound = 0;
     this.#earlyFailures = 0;
@@ -490,7 +493,7 @@ export class TcpLogClient implements RecordSink {
     }
     if (connection.failed && connection.provenAt !== -1 && performance.now() - connection.provenAt < STEADY_MS) {
       // Proven, then stalled: it proved nothing (see STEADY_MS).
-      this.#unsteady = true;
+      this.#unsteady.add(connection.index);
       this.#attempt = connection.attemptBefore;
     }
     const early = connection.failedEarly;

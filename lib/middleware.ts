@@ -249,7 +249,8 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
       socket.on('close', onSocketClose);
       if (!(socket as { encrypted?: boolean }).encrypted) {
         marks.handle = tcpHandle(socket);
-        if (marks.handle !== null) socket.on('error', onSocketError);
+        // First: a once('error') listener of the app's is still there when this one looks.
+        if (marks.handle !== null) socket.prependListener('error', onSocketError);
       }
     }
   }
@@ -418,9 +419,9 @@ function onServerFinish(message: unknown): void {
   }
   // Every response of every server in the process is announced. One made while no instance was
   // open is not tracked, but a logged response queued behind it on the connection (pipelining)
-  // starts where it ended.
-  const marks = socket === undefined ? undefined : marksBySocket.get(socket);
-  if (marks !== undefined) marks.lastEnd = (socket as Socket).bytesWritten;
+  // starts where it ended. While no instance is open (and none was on this connection), nothing
+  // is kept: a process whose loggers are all closed pays nothing.
+  if (socket !== undefined && (openInstances > 0 || marksBySocket.has(socket))) noteEnd(socket);
 }
 
 /** A connection closed: its exchanges that never finished are logged as they stand. */

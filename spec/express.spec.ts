@@ -682,52 +682,66 @@ describe('requests no middleware takes', () => {
 });
 
 describe('a logger made while a connection is busy with a response made before it', () => {
-  it('sizes the logged response queued behind that one on its own', async () => {
-    const receiver = await startLineServer();
-    const steps = new EventEmitter();
-    let mw: tcplog.Middleware | null = null;
-    // The first request makes the logger (as an app that sets up logging lazily does) and
-    // answers later; the next one, pipelined behind it, is logged.
-    const http = await listen((req, res) => {
-      if (req.url === '/first') {
-        mw = tcplog({ host: '127.0.0.1', port: receiver.port });
-        steps.once('answer', () => res.end('a'.repeat(1000)));
-        steps.emit('first');
-        return;
-      }
-      (mw as tcplog.Middleware)(req, res, () => {
-        res.end('second');
-        steps.emit('second');
+  // The first request makes the logger (as an app that sets up logging lazily does) and answers
+  // later; the next one, pipelined behind it, is logged: at once, or once the first has finished
+  // (after early hints of its own, sent while it waited).
+  for (const when of ['at once', 'after that response, with early hints'] as const) {
+    it(`sizes the logged response queued behind that one on its own, reached ${when}`, async () => {
+      const receiver = await startLineServer();
+      const steps = new EventEmitter();
+      let mw: tcplog.Middleware | null = null;
+      const http = await listen((req, res) => {
+        if (req.url === '/first') {
+          mw = tcplog({ host: '127.0.0.1', port: receiver.port });
+          res.on('finish', () => setImmediate(() => steps.emit('first finished')));
+          steps.once('answer', () => res.end('a'.repeat(1000)));
+          steps.emit('first');
+          return;
+        }
+        const log = (): void =>
+          (mw as tcplog.Middleware)(req, res, () => {
+            res.end('second');
+            steps.emit('second');
+          });
+        if (when === 'at once') {
+          log();
+        } else {
+          res.writeEarlyHints({ link: '</style.css>; rel=preload; as=style' });
+          steps.once('first finished', log);
+          steps.emit('answer');
+        }
       });
+      try {
+        const socket = net.connect(http.port, '127.0.0.1');
+        await once(socket, 'connect');
+        const chunks: Buffer[] = [];
+        socket.on('data', (chunk: Buffer) => chunks.push(chunk));
+        const first = once(steps, 'first');
+        socket.write('GET /first HTTP/1.1\r\nHost: h\r\n\r\n');
+        await first;
+        const second = once(steps, 'second');
+        socket.write('GET /second HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n');
+        if (when === 'at once') {
+          await second;
+          steps.emit('answer');
+        }
+        await once(socket, 'close');
+        const reply = Buffer.concat(chunks);
+        const secondAt = reply.indexOf('HTTP/1.1', 1);
+        assert.ok(secondAt > 1000, reply.toString('latin1').slice(0, 200));
+        await receiver.waitForLines(1);
+        const records = receiver.records();
+        assert.deepEqual(
+          records.map((r) => [r['request'].uri, r['response'].status, r['response'].size]),
+          [['/second', 200, reply.length - secondAt]],
+        );
+      } finally {
+        await http.close();
+        await (mw as tcplog.Middleware | null)?.close();
+        await receiver.close();
+      }
     });
-    try {
-      const socket = net.connect(http.port, '127.0.0.1');
-      await once(socket, 'connect');
-      const chunks: Buffer[] = [];
-      socket.on('data', (chunk: Buffer) => chunks.push(chunk));
-      const first = once(steps, 'first');
-      socket.write('GET /first HTTP/1.1\r\nHost: h\r\n\r\n');
-      await first;
-      const second = once(steps, 'second');
-      socket.write('GET /second HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n');
-      await second;
-      steps.emit('answer');
-      await once(socket, 'close');
-      const reply = Buffer.concat(chunks);
-      const secondAt = reply.indexOf('HTTP/1.1', 1);
-      assert.ok(secondAt > 1000, reply.toString('latin1').slice(0, 200));
-      await receiver.waitForLines(1);
-      const records = receiver.records();
-      assert.deepEqual(
-        records.map((r) => [r['request'].uri, r['response'].size]),
-        [['/second', reply.length - secondAt]],
-      );
-    } finally {
-      await http.close();
-      await (mw as tcplog.Middleware | null)?.close();
-      await receiver.close();
-    }
-  });
+  }
 });
 
 describe('request_uri without a Host header, on an IPv6 socket', () => {

@@ -158,6 +158,54 @@ describe('failback from a server that stopped reading', () => {
   });
 });
 
+describe('a preferred server that stops reading a while after each connection', () => {
+  it('the backup it fails over to is proven as usual: the outage ends there', async () => {
+    // The preferred server reads past the second that proves a connection, then stalls; its
+    // next connection must last a minute to prove it again, but the backup's need not.
+    const warnings: string[] = [];
+    const onWarning = (warning: Error): void => {
+      if ((warning as { code?: string }).code === 'EXPRESS_TCPLOG_DELIVERY') warnings.push(warning.message);
+    };
+    process.on('warning', onWarning);
+    cleanup.push(() => void process.off('warning', onWarning));
+    const preferred = net.createServer((socket) => {
+      socket.resume();
+      setTimeout(() => socket.pause(), 1_200);
+    });
+    preferred.listen(0, '127.0.0.1');
+    await once(preferred, 'listening');
+    const sockets = new Set<net.Socket>();
+    preferred.on('connection', (socket: net.Socket) => sockets.add(socket));
+    cleanup.push(async () => {
+      for (const socket of sockets) socket.destroy();
+      await new Promise((resolve) => preferred.close(resolve));
+    });
+    const backup = await startLineServer();
+    cleanup.push(() => backup.close());
+    const servers = [(preferred.address() as AddressInfo).port, backup.port].map((port) => ({
+      host: '127.0.0.1',
+      port,
+    }));
+    const client = new TcpLogClient(parseOptions({ servers, timeout: 300, maxBufferBytes: 64 << 20 }).destination);
+    client.addReporter(null);
+    client.addReporter(() => undefined);
+    cleanup.push(() => void client.shutdown());
+    const record = `{"pad":"${'x'.repeat(16 * 1024)}"}\r\n`;
+    const recovered = (): boolean => warnings.some((message) => /recovered/.test(message));
+    const deadline = Date.now() + 20_000;
+    while (!recovered() && Date.now() < deadline) {
+      client.push(record);
+      await new Promise((resolve) => setTimeout(resolve, 2));
+    }
+    assert.deepEqual(
+      warnings.slice(0, 2).map((message) => (/recovered/.test(message) ? 'recovered' : 'failing')),
+      ['failing', 'recovered'],
+      warnings.join('\n'),
+    );
+    assert.ok(backup.lines.length > 0, 'the backup took records');
+  });
+});
+
 describe('servers option', () => {
   const base = { timeout: 100 };
   const bad: Array<[unknown, RegExp]> = [

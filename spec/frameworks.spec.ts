@@ -462,8 +462,16 @@ describe('once every instance is closed', () => {
 });
 
 describe("a socket handed to an 'upgrade' handler", () => {
-  for (const copies of [1, 2]) {
-    it(`its errors stay the handler's: unhandled when it has no listener, as without the logger (${copies} ${copies === 1 ? 'copy' : 'copies'} of the package)`, async () => {
+  const cases = [
+    { copies: 1, onceListener: false },
+    { copies: 2, onceListener: false },
+    { copies: 1, onceListener: true },
+  ];
+  for (const { copies, onceListener } of cases) {
+    const what = onceListener
+      ? "handled by the app's once('error') listener, as without the logger"
+      : `unhandled when it has no listener, as without the logger (${copies} ${copies === 1 ? 'copy' : 'copies'} of the package)`;
+    it(`its errors stay the handler's: ${what}`, async () => {
       // In a process of its own: the error is meant to be uncaught there.
       const lib = path.resolve(__dirname, '../lib/index.js');
       // A second copy, as a dependency that bundles its own gives: a listener of its own on the socket.
@@ -486,6 +494,14 @@ describe("a socket handed to an 'upgrade' handler", () => {
         const server = http.createServer((req, res) =>
           first(req, res, () => (second ? second(req, res, () => res.end('plain')) : res.end('plain'))),
         );
+        // A listener the app added before the logger's, and that removes itself when called.
+        if (${onceListener}) {
+          server.on('connection', (socket) =>
+            socket.once('error', () =>
+              setImmediate(() => { console.log(JSON.stringify({ uncaught: null, handled: true })); process.exit(0); }),
+            ),
+          );
+        }
         // Many 'upgrade' handlers add no 'error' listener.
         server.on('upgrade', (req, socket) => {
           socket.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: test\\r\\nConnection: Upgrade\\r\\n\\r\\n');
@@ -512,7 +528,10 @@ describe("a socket handed to an 'upgrade' handler", () => {
       const { code, output } = await runNode(script);
       assert.equal(code, 0, output);
       // The first copy's listener throws; the other copy's stays, never called.
-      assert.deepEqual(JSON.parse(output), { uncaught: 'ECONNRESET', listeners: copies - 1 });
+      const expected = onceListener
+        ? { uncaught: null, handled: true }
+        : { uncaught: 'ECONNRESET', listeners: copies - 1 };
+      assert.deepEqual(JSON.parse(output), expected);
     });
   }
 });
