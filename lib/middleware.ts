@@ -11,13 +11,13 @@
  * `http.server.response.finish` diagnostics channel) and one 'close' listener per connection; a
  * response that does not come from a Node HTTP server gets 'finish' and 'close' listeners instead.
  */
-import diagnostics from 'node:diagnostics_channel';
-import { ServerResponse, type IncomingMessage } from 'node:http';
+import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { PACKAGE, thrownText } from './errors.js';
 import { queuedBytes, tcpHandle, type StreamHandle } from './handle.js';
 import { hookValues, skips, type ReportHook } from './hooks.js';
+import { httpHooks, type LoadHooks, type Registration, type WriteHead } from './httphooks.js';
 import type { Hooks, RecordSettings } from './options.js';
 import { REQUEST_ID, headerText, type CapturedExchange, type CapturedResponse } from './record.js';
 import { writeRecord } from './serialize.js';
@@ -91,8 +91,6 @@ interface SocketMarks {
    */
   readonly localHost: string;
 }
-
-type WriteHead = ServerResponse['writeHead'];
 
 interface LiveExchange {
   /** Null until a middleware takes the request (see onServerRequest). */
@@ -197,8 +195,8 @@ const marksBySocket = new WeakMap<Socket, SocketMarks>();
 const unloggedEnds = new WeakMap<Socket, number>();
 
 export function createHandler(instance: Instance): Handler {
-  installSharedHooks();
-  if (openInstances++ === 0) serverRequest.subscribe(onServerRequest);
+  const { registration } = installSharedHooks();
+  if (openInstances++ === 0) registration.wantRequests(true);
   return function tcplogMiddleware(req: IncomingMessage, res: ServerResponse, next: Next): void {
     try {
       capture(instance, req, res);
@@ -311,7 +309,7 @@ function arrive(req: ExpressLikeRequest, res: TrackedResponse, socket: Socket, s
   // property is added to `res` (in the profile, that assignment was the dearest line here). A
   // response whose writeHead is another by now (a custom class; for a response Node's server did
   // not make, a library's wrapper) gets its own. Wrappers added later call through to this one.
-  if (res.writeHead !== sharedHook) {
+  if (res.writeHead !== shared?.writeHead) {
     // eslint-disable-next-line @typescript-eslint/unbound-method
     exchange.writeHead = res.writeHead;
     res.writeHead = timedWriteHead as WriteHead;
@@ -401,12 +399,8 @@ let openInstances = 0;
 
 /** An instance was closed (once): the last one stops the reading of requests as they come. */
 export function releaseHandler(): void {
-  if (openInstances > 0 && --openInstances === 0) serverRequest.unsubscribe(onServerRequest);
+  if (openInstances > 0 && --openInstances === 0) shared?.registration.wantRequests(false);
 }
-
-/** Kept here as well: a channel must live as long as its subscription. */
-const serverFinish = diagnostics.channel('http.server.response.finish');
-const serverRequest = diagnostics.channel('http.server.request.start');
 
 /** Node's announcement of a finished response: the record of a tracked one is built now. */
 function onServerFinish(message: unknown): void {
@@ -521,57 +515,36 @@ function countingPush(this: IncomingMessage, chunk: unknown, encoding?: BufferEn
 }
 
 /**
- * Set up when the first middleware is made, and never removed: the subscription to Node's finish
- * announcements, and the time the head goes out for every response whose `writeHead` is Node's,
- * from one wrapper on `http.ServerResponse.prototype`. The wrapper only notes the time for
- * responses this module tracks, and calls through to what it replaced.
+ * What this load of the module does at Node's hooks (see httphooks.ts), which hold it weakly:
+ * kept alive by the module itself, as long as anything holds the module.
  */
-let sharedHook: WriteHead | null = null;
-
-function installSharedHooks(): void {
-  if (sharedHook !== null) return;
-  // Never undone: exchanges already made count on it (so do their sockets' marks), and with no
-  // exchange it costs one WeakMap lookup per response.
-  serverFinish.subscribe(onServerFinish);
-  const prototype = ServerResponse.prototype;
-  // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to `this` below
-  const original = prototype.writeHead;
-  const hook = function writeHead(this: ServerResponse, ...args: unknown[]): unknown {
-    noteHead(this);
-    return Reflect.apply(original, this, args);
-  } as WriteHead;
-  prototype.writeHead = hook;
-  sharedHook = hook;
-  countInformational(prototype, 'writeContinue');
-  countInformational(prototype, 'writeProcessing');
-  countInformational(prototype, 'writeEarlyHints');
-}
+const THIS_LOAD: LoadHooks = {
+  head: noteHead,
+  informational: noteInformational,
+  finish: onServerFinish,
+  request: onServerRequest,
+};
 
 /**
- * Wraps a method that sends an informational response, to count its bytes apart (see
- * sentResponse()). Only these calls pay for it, and most responses send no 1xx.
+ * The process's hooks, and this load's place in them: set when the first middleware is made, and
+ * kept (exchanges already made count on them, and so do their sockets' marks). `writeHead` is the
+ * hook on `http.ServerResponse.prototype`, which notes the time the head goes out for every
+ * response tracked here whose `writeHead` is Node's.
  */
-function countInformational(
-  prototype: typeof ServerResponse.prototype,
-  name: 'writeContinue' | 'writeProcessing' | 'writeEarlyHints',
-): void {
-  // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to `this` below
-  const original = prototype[name];
-  // Written straight to the socket, or queued on the response behind an earlier one: either way
-  // the sum grows by what this call sent.
-  const offered = (res: ServerResponse): number =>
-    (res.socket?.bytesWritten ?? 0) + ((res as { outputSize?: unknown }).outputSize as number);
-  prototype[name] = function informational(this: ServerResponse, ...args: unknown[]): unknown {
-    const exchange = byResponse.get(this);
-    if (exchange === undefined || exchange instanceof Ended) return Reflect.apply(original, this, args) as unknown;
-    const before = offered(this);
-    try {
-      return Reflect.apply(original, this, args) as unknown;
-    } finally {
-      const sent = offered(this) - before;
-      if (sent > 0) exchange.informationalBytes += sent;
-    }
-  };
+let shared: { readonly writeHead: WriteHead; readonly registration: Registration } | null = null;
+
+function installSharedHooks(): { readonly writeHead: WriteHead; readonly registration: Registration } {
+  if (shared === null) {
+    const hooks = httpHooks();
+    shared = { writeHead: hooks.writeHead, registration: hooks.register(THIS_LOAD) };
+  }
+  return shared;
+}
+
+/** A tracked response sent informational responses: counted apart (see sentResponse()). */
+function noteInformational(res: ServerResponse, bytes: number): void {
+  const exchange = byResponse.get(res);
+  if (exchange !== undefined && !(exchange instanceof Ended)) exchange.informationalBytes += bytes;
 }
 
 /** The same, as an own property of a response whose `writeHead` is not the shared hook. */

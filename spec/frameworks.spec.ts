@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
 import { EventEmitter, once } from 'node:events';
 import nodeHttp, { type IncomingMessage, type ServerResponse } from 'node:http';
 import http2 from 'node:http2';
@@ -402,8 +403,21 @@ describe('servers made with their own ServerResponse class, and HTTP/1.0', () =>
 });
 
 /** Runs `script` in a Node process of its own, from the project root; killed after 15 s. */
-async function runNode(script: string): Promise<{ code: number | null; signal: string | null; output: string }> {
-  const child = spawn(process.execPath, ['-e', script], {
+/**
+ * Runs `script` in a Node process of its own, from the project's root. `asFile`: from a file in
+ * the build directory rather than `-e`, whose module keeps every module the script loads.
+ */
+async function runNode(
+  script: string,
+  { flags = [], asFile = false }: { flags?: string[]; asFile?: boolean } = {},
+): Promise<{ code: number | null; signal: string | null; output: string }> {
+  let source = ['-e', script];
+  if (asFile) {
+    const file = path.resolve(__dirname, '..', `script-${process.pid}-${Date.now()}.js`);
+    fs.writeFileSync(file, script);
+    source = [file];
+  }
+  const child = spawn(process.execPath, [...flags, ...source], {
     cwd: path.resolve(__dirname, '../..'),
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -413,6 +427,7 @@ async function runNode(script: string): Promise<{ code: number | null; signal: s
   const killer = setTimeout(() => child.kill('SIGKILL'), 15_000);
   const [code, signal] = (await once(child, 'exit')) as [number | null, string | null];
   clearTimeout(killer);
+  if (asFile) fs.rmSync(source[0] as string, { force: true });
   return { code, signal, output };
 }
 
@@ -458,6 +473,69 @@ describe('once every instance is closed', () => {
     const result = JSON.parse(output) as { states: boolean[]; uri: string };
     assert.deepEqual(result.states, [false, true, true, false, true], 'subscribed while an instance is open');
     assert.equal(result.uri, '/again?n=1');
+  });
+});
+
+describe('the package loaded again and again in one process', () => {
+  it('sets its hooks on Node once, and lets each load go once it is closed (as a test runner that reloads modules needs)', async () => {
+    // As Jest loads it for each test file, with its own module registry: here, require's cache
+    // emptied before each load. Node's objects are the same for every load.
+    const lib = path.resolve(__dirname, '../lib/index.js');
+    const script = `
+      const http = require('node:http');
+      const net = require('node:net');
+      const path = require('node:path');
+      const dir = path.dirname(${JSON.stringify(lib)}) + path.sep;
+      function load() {
+        for (const file of Object.keys(require.cache)) if (file.startsWith(dir)) delete require.cache[file];
+        const tcplog = require(${JSON.stringify(lib)});
+        // Node also lists what a module loaded, which would keep every load: a reloader drops it.
+        module.children.length = 0;
+        return tcplog;
+      }
+      const uris = [];
+      const receiver = net.createServer((socket) => {
+        let text = '';
+        socket.setEncoding('utf8');
+        socket.on('data', (chunk) => {
+          text += chunk;
+          for (let at; (at = text.indexOf('\\r\\n')) !== -1; text = text.slice(at + 2)) uris.push(JSON.parse(text.slice(0, at)).request.uri);
+        });
+      });
+      const get = (port, uri) => new Promise((resolve, reject) =>
+        http.get({ host: '127.0.0.1', port, path: uri, agent: false }, (res) => res.resume().on('end', resolve)).on('error', reject));
+      receiver.listen(0, '127.0.0.1', async () => {
+        const loads = [];
+        const writeHeads = new Set();
+        for (let i = 0; i < 20; i++) {
+          const tcplog = load();
+          loads.push(new WeakRef(tcplog));
+          const mw = tcplog({ host: '127.0.0.1', port: receiver.address().port });
+          const server = http.createServer((req, res) => mw(req, res, () => res.end('ok')));
+          await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+          await get(server.address().port, '/load/' + i);
+          writeHeads.add(http.ServerResponse.prototype.writeHead);
+          await new Promise((resolve) => server.close(resolve));
+          await mw.close();
+        }
+        while (uris.length < 20) await new Promise((resolve) => setTimeout(resolve, 10));
+        for (let i = 0; i < 5; i++) {
+          globalThis.gc();
+          await new Promise((resolve) => setTimeout(resolve, 20));
+        }
+        console.log(JSON.stringify({
+          hooks: writeHeads.size,
+          alive: loads.filter((ref) => ref.deref() !== undefined).length,
+          uris: uris.join(),
+        }));
+        process.exit(0);
+      });`;
+    const { code, output } = await runNode(script, { flags: ['--expose-gc'], asFile: true });
+    assert.equal(code, 0, output);
+    const result = JSON.parse(output) as { hooks: number; alive: number; uris: string };
+    assert.equal(result.hooks, 1, 'one writeHead hook for every load');
+    assert.ok(result.alive <= 1, `${result.alive} of 20 loads still held`);
+    assert.equal(result.uris, Array.from({ length: 20 }, (_, i) => `/load/${i}`).join());
   });
 });
 
