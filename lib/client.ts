@@ -36,11 +36,14 @@ const BACKOFF_BASE_MS = 50;
  */
 const PROVEN_MS = 1_000;
 /**
- * A connection proven that stalls within this long proved nothing: the kernel takes what is
- * written whether the collector reads it or not (a path that drops large packets, a collector
- * that hangs after a while). The backoff then goes on growing, and the next connection must last
- * this long to end the outage: else each reconnect would end it and the next stall start it
- * again, a warning each time.
+ * A server whose connection stalled is trusted again only once a connection to it has lasted
+ * this long: the kernel takes what is written whether the server reads it or not (a path that
+ * drops large packets, a collector that hangs after a while), so neither a connect nor a second
+ * of writes says it is back. Else each reconnect would end the outage and the next stall start
+ * it again, a warning each time; and a fail-back probe, a connect, would send records to it again
+ * every few seconds, a kernel buffer of them lost each time. So its next connection must last
+ * this long to end the outage, a fail-back to it waits as long, and a connection that stalls
+ * within this long of proving itself proved nothing: the backoff goes on growing.
  */
 const STEADY_MS = 60_000;
 const EARLY_FAILURES = 3;
@@ -128,7 +131,7 @@ export class TcpLogClient implements RecordSink {
   #earlyFailures = 0;
   #attempt = 0;
   /**
-   * Servers (by index) whose proven connection stalled soon after (see STEADY_MS): their next
+   * Servers (by index) whose last connection stalled (see STEADY_MS): their next
    * connection must last longer. Per server: a fallback that works is proven as usual.
    */
   readonly #unsteady = new Set<number>();
@@ -429,7 +432,8 @@ export class TcpLogClient implements RecordSink {
         if (this.#closed || !this.#active || this.#active.index === 0 || this.#active.state !== 'open') return;
         this.#probe = this.#open(0, true);
       },
-      jitter(FAILBACK_MS),
+      // A connect cannot tell whether a server that stalled takes records again (see STEADY_MS).
+      jitter(this.#unsteady.has(0) ? STEADY_MS : FAILBACK_MS),
       true,
     );
   }
@@ -491,10 +495,13 @@ export class TcpLogClient implements RecordSink {
         ),
       );
     }
-    if (connection.failed && connection.provenAt !== -1 && performance.now() - connection.provenAt < STEADY_MS) {
-      // Proven, then stalled: it proved nothing (see STEADY_MS).
+    if (connection.failed) {
+      // Stalled: the server is not trusted until a connection lasts (see STEADY_MS).
       this.#unsteady.add(connection.index);
-      this.#attempt = connection.attemptBefore;
+      // Proven, then stalled soon after: it proved nothing.
+      if (connection.provenAt !== -1 && performance.now() - connection.provenAt < STEADY_MS) {
+        this.#attempt = connection.attemptBefore;
+      }
     }
     const early = connection.failedEarly;
     this.#earlyFailures = early ? this.#earlyFailures + 1 : 0;

@@ -159,7 +159,7 @@ describe('failback from a server that stopped reading', () => {
 });
 
 describe('a preferred server that stops reading a while after each connection', () => {
-  it('the backup it fails over to is proven as usual: the outage ends there', async () => {
+  it('the backup it fails over to is proven as usual, and no fail-back goes to it within seconds', async () => {
     // The preferred server reads past the second that proves a connection, then stalls; its
     // next connection must last a minute to prove it again, but the backup's need not.
     const warnings: string[] = [];
@@ -203,6 +203,16 @@ describe('a preferred server that stops reading a while after each connection', 
       warnings.join('\n'),
     );
     assert.ok(backup.lines.length > 0, 'the backup took records');
+    // A connect would succeed, and say nothing of whether it takes records again: past the
+    // 2.5-5 s a fail-back probe waits otherwise, the records still go to the backup.
+    const lines = backup.lines.length;
+    const probeWindowEnd = Date.now() + 5_500;
+    while (Date.now() < probeWindowEnd) {
+      client.push(record);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    assert.equal(sockets.size, 1, 'one connection to the preferred server');
+    await backup.waitForLines(lines + 1);
   });
 });
 
