@@ -309,8 +309,11 @@ export class TcpLogClient implements RecordSink {
     socket.resume();
     connection.connectTimer = this.#timer(
       () => {
+        // Over TLS the TCP connect may be done, and the server silent (not speaking TLS, or its
+        // packets dropped after the first few).
+        const what = server.tls && !socket.connecting ? 'TLS handshake' : 'connect';
         socket.destroy(
-          new TcpLogDeliveryError(server.label, 'ETIMEDOUT', `connect timed out after ${this.settings.timeout} ms`),
+          new TcpLogDeliveryError(server.label, 'ETIMEDOUT', `${what} timed out after ${this.settings.timeout} ms`),
         );
       },
       this.settings.timeout,

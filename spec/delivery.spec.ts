@@ -512,6 +512,7 @@ for (const transport of transports) {
       const http = await appWith(mw);
       await request(http.port, '/');
       await until(() => errors.filter((err) => (err as { code?: string }).code === 'ETIMEDOUT').length >= 2);
+      assert.match(errors.find((err) => (err as { code?: string }).code === 'ETIMEDOUT')!.message, /connect timed out/);
       assert.equal(mw.stats().connected, false);
       assert.equal(mw.stats().buffered, 1, 'the record waits for a connection');
       assert.equal(mw.stats().connects, 0);

@@ -152,6 +152,10 @@ for (const transport of transports) {
       // Plain TCP: the write stalls (no 'drain'); TLS: the handshake times out.
       const expected = transport.name === 'tcp' ? 'ESTALLED' : 'ETIMEDOUT';
       await until(() => errors.some((err) => (err as Code).code === expected), 5_000, expected);
+      if (transport.name === 'tls') {
+        const timedOut = errors.find((err) => (err as Code).code === 'ETIMEDOUT') as Error;
+        assert.match(timedOut.message, /TLS handshake timed out after 300 ms/, 'the TCP connect was done');
+      }
       const stats = client.stats();
       assert.ok(stats.dropped > 0, 'beyond the bound, records are dropped');
       assert.ok(invariant(stats));
