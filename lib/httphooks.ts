@@ -8,8 +8,10 @@
  * module registry of its own (Jest) loads it again for each file: with hooks of its own per load,
  * never removed, every file's whole environment stayed alive (about 5 MB each, in a run of 40
  * files) and every response went through one more layer per file. Each load registers what it
- * does at each hook here, held weakly: a load nothing else holds any more is collected, and its
- * entry dropped. The hooks themselves are the first load's.
+ * does at each hook here: held while it has open instances, and weakly once they are closed, so
+ * that a load nothing else holds any more is collected and its entry dropped. (Weakly always would
+ * cost a `WeakRef#deref()` per load at each hook: 7 k instructions per request in the benchmark
+ * app, 1 %.) The hooks themselves are the first load's.
  */
 import diagnostics from 'node:diagnostics_channel';
 import { ServerResponse } from 'node:http';
@@ -29,10 +31,11 @@ export interface LoadHooks {
 /** A load's place in the process's hooks. */
 export interface Registration {
   /**
-   * Whether the load wants requests announced (it has open instances). While no load does, the
-   * process is not subscribed: one whose loggers are all closed pays nothing per request.
+   * Whether the load has open instances: then it is held, and requests are announced to it.
+   * While no load has, the process is not subscribed to requests: one whose loggers are all
+   * closed pays nothing per request.
    */
-  wantRequests(wanted: boolean): void;
+  setOpen(open: boolean): void;
 }
 
 export type WriteHead = ServerResponse['writeHead'];
@@ -44,8 +47,9 @@ interface HttpHooks {
 }
 
 interface Entry {
-  readonly load: WeakRef<LoadHooks>;
-  requests: boolean;
+  readonly weak: WeakRef<LoadHooks>;
+  /** The load while it has open instances; else null, and it is reached through `weak`. */
+  open: LoadHooks | null;
 }
 
 /**
@@ -53,7 +57,7 @@ interface Entry {
  * of its own does not give a test file its own `node:http`). `Symbol.for` is shared across them
  * too. The number changes with what LoadHooks and Registration are.
  */
-const KEY = Symbol.for('express-tcplog.httpHooks.1');
+const KEY = Symbol.for('express-tcplog.httpHooks.2');
 
 /** The process's hooks, made by the first load that asks. */
 export function httpHooks(): HttpHooks {
@@ -68,7 +72,16 @@ export function httpHooks(): HttpHooks {
 
 function install(prototype: typeof ServerResponse.prototype): HttpHooks {
   const entries: Entry[] = [];
-  let requestsWanted = 0;
+  let openLoads = 0;
+  /**
+   * The load, when there is one, with open instances: the hooks call it directly (as a process
+   * with one logging app has it), without the loop over the entries. Else null.
+   */
+  let sole: LoadHooks | null = null;
+
+  function updateSole(): void {
+    sole = entries.length === 1 ? (entries[0] as Entry).open : null;
+  }
   // A channel lives as long as its subscription: kept here.
   const finished = diagnostics.channel('http.server.response.finish');
   const started = diagnostics.channel('http.server.request.start');
@@ -80,21 +93,20 @@ function install(prototype: typeof ServerResponse.prototype): HttpHooks {
     pruning = false;
     for (let i = entries.length - 1; i >= 0; i--) {
       const entry = entries[i] as Entry;
-      if (entry.load.deref() !== undefined) continue;
-      entries.splice(i, 1);
-      if (entry.requests) wantRequests(entry, false);
+      if (entry.open === null && entry.weak.deref() === undefined) entries.splice(i, 1);
     }
+    updateSole();
   }
 
   /**
-   * Calls `call` for each load still alive (only those that want requests, if `requestsOnly`).
-   * A throw reaches the process as a diagnostics channel's subscriber's would, after the others.
+   * Calls `call` for each load still alive (only those with open instances, if `openOnly`). A
+   * throw reaches the process as a diagnostics channel's subscriber's would, after the others.
    */
-  function each<A, B>(requestsOnly: boolean, call: (load: LoadHooks, a: A, b: B) => void, a: A, b: B): void {
+  function each<A, B>(openOnly: boolean, call: (load: LoadHooks, a: A, b: B) => void, a: A, b: B): void {
     let stale = false;
     for (const entry of entries) {
-      if (requestsOnly && !entry.requests) continue;
-      const load = entry.load.deref();
+      if (openOnly && entry.open === null) continue;
+      const load = entry.open ?? entry.weak.deref();
       if (load === undefined) {
         stale = true;
         continue;
@@ -105,34 +117,45 @@ function install(prototype: typeof ServerResponse.prototype): HttpHooks {
         process.nextTick(rethrow, err);
       }
     }
-    // After the announcement: unsubscribing in the middle of one could make Node skip another
-    // subscriber of the channel for that message.
-    if (stale && !pruning) {
-      pruning = true;
-      queueMicrotask(prune);
-    }
+    if (stale) schedulePrune();
   }
 
-  function wantRequests(entry: Entry, wanted: boolean): void {
-    if (entry.requests === wanted) return;
-    entry.requests = wanted;
-    if (wanted && requestsWanted++ === 0) started.subscribe(onRequest);
-    else if (!wanted && --requestsWanted === 0) started.unsubscribe(onRequest);
+  /**
+   * After the announcement under way, if any: unsubscribing in the middle of one could make Node
+   * skip another subscriber of the channel for that message, and dropping entries would make the
+   * loop over them skip one. A promise's job rather than queueMicrotask(), which a test runner's
+   * fake timers may hold back.
+   */
+  function schedulePrune(): void {
+    if (pruning) return;
+    pruning = true;
+    void Promise.resolve().then(prune);
+  }
+
+  function setOpen(entry: Entry, load: LoadHooks, open: boolean): void {
+    if ((entry.open !== null) === open) return;
+    entry.open = open ? load : null;
+    updateSole();
+    if (open && openLoads++ === 0) started.subscribe(onRequest);
+    else if (!open && --openLoads === 0) started.unsubscribe(onRequest);
   }
 
   function onRequest(message: unknown): void {
-    each(true, announceRequest, message, undefined);
+    if (sole !== null) sole.request(message);
+    else each(true, announceRequest, message, undefined);
   }
 
   // Never undone: exchanges already made count on them, and with no load alive they cost a loop
   // over nothing per response.
   finished.subscribe(function onFinish(message: unknown): void {
-    each(false, announceFinish, message, undefined);
+    if (sole !== null) sole.finish(message);
+    else each(false, announceFinish, message, undefined);
   });
   // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to `this` below
   const nodeWriteHead = prototype.writeHead;
   const hook = function writeHead(this: ServerResponse, ...args: unknown[]): unknown {
-    each(false, noteHead, this, undefined);
+    if (sole !== null) sole.head(this);
+    else each(false, noteHead, this, undefined);
     return Reflect.apply(nodeWriteHead, this, args) as unknown;
   } as WriteHead;
   prototype.writeHead = hook;
@@ -154,12 +177,14 @@ function install(prototype: typeof ServerResponse.prototype): HttpHooks {
   return {
     writeHead: hook,
     register(load: LoadHooks): Registration {
-      prune();
-      const entry: Entry = { load: new WeakRef(load), requests: false };
+      schedulePrune();
+      const entry: Entry = { weak: new WeakRef(load), open: null };
       entries.push(entry);
+      updateSole();
+      // Held by the load alone (it holds the load, too): the entry holds it only while open.
       return {
-        wantRequests(wanted: boolean): void {
-          wantRequests(entry, wanted);
+        setOpen(open: boolean): void {
+          setOpen(entry, load, open);
         },
       };
     },

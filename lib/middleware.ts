@@ -196,7 +196,7 @@ const unloggedEnds = new WeakMap<Socket, number>();
 
 export function createHandler(instance: Instance): Handler {
   const { registration } = installSharedHooks();
-  if (openInstances++ === 0) registration.wantRequests(true);
+  if (openInstances++ === 0) registration.setOpen(true);
   return function tcplogMiddleware(req: IncomingMessage, res: ServerResponse, next: Next): void {
     try {
       capture(instance, req, res);
@@ -399,7 +399,7 @@ let openInstances = 0;
 
 /** An instance was closed (once): the last one stops the reading of requests as they come. */
 export function releaseHandler(): void {
-  if (openInstances > 0 && --openInstances === 0) shared?.registration.wantRequests(false);
+  if (openInstances > 0 && --openInstances === 0) shared?.registration.setOpen(false);
 }
 
 /** Node's announcement of a finished response: the record of a tracked one is built now. */
