@@ -15,6 +15,7 @@ import {
   listenLogged,
   pushNumbered,
   request,
+  startFadingCollector,
   startLineServer,
   until,
   type LineServer,
@@ -168,21 +169,11 @@ describe('a preferred server that stops reading a while after each connection', 
     };
     process.on('warning', onWarning);
     cleanup.push(() => void process.off('warning', onWarning));
-    const preferred = net.createServer((socket) => {
-      socket.resume();
-      setTimeout(() => socket.pause(), 1_200);
-    });
-    preferred.listen(0, '127.0.0.1');
-    await once(preferred, 'listening');
-    const sockets = new Set<net.Socket>();
-    preferred.on('connection', (socket: net.Socket) => sockets.add(socket));
-    cleanup.push(async () => {
-      for (const socket of sockets) socket.destroy();
-      await new Promise((resolve) => preferred.close(resolve));
-    });
+    const preferred = await startFadingCollector(1_200);
+    cleanup.push(() => preferred.close());
     const backup = await startLineServer();
     cleanup.push(() => backup.close());
-    const servers = [(preferred.address() as AddressInfo).port, backup.port].map((port) => ({
+    const servers = [preferred.port, backup.port].map((port) => ({
       host: '127.0.0.1',
       port,
     }));
@@ -211,7 +202,7 @@ describe('a preferred server that stops reading a while after each connection', 
       client.push(record);
       await new Promise((resolve) => setTimeout(resolve, 10));
     }
-    assert.equal(sockets.size, 1, 'one connection to the preferred server');
+    assert.equal(preferred.connections.size, 1, 'one connection to the preferred server');
     await backup.waitForLines(lines + 1);
   });
 });

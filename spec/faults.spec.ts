@@ -16,6 +16,7 @@ import {
   listenLogged,
   pushNumbered,
   request,
+  startFadingCollector,
   until,
   type LineServer,
   type Listening,
@@ -466,19 +467,9 @@ describe('error reporting without onError', () => {
     // As a path that drops large packets behaves: every connection opens and the kernel takes
     // writes, past the second that would prove it, then nothing more gets through.
     const warnings = deliveryWarnings();
-    const collector = net.createServer((socket) => {
-      socket.resume();
-      setTimeout(() => socket.pause(), 1_200);
-    });
-    collector.listen(0, '127.0.0.1');
-    await once(collector, 'listening');
-    const sockets = new Set<net.Socket>();
-    collector.on('connection', (socket: net.Socket) => sockets.add(socket));
-    cleanup.push(async () => {
-      for (const socket of sockets) socket.destroy();
-      await new Promise((resolve) => collector.close(resolve));
-    });
-    const { port } = collector.address() as net.AddressInfo;
+    const collector = await startFadingCollector(1_200);
+    cleanup.push(() => collector.close());
+    const { port } = collector;
     const client = new TcpLogClient(
       parseOptions({ host: '127.0.0.1', port, timeout: 300, maxBufferBytes: 64 << 20 }).destination,
     );

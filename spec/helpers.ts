@@ -103,6 +103,32 @@ export class LineServer extends EventEmitter {
   }
 }
 
+/**
+ * A collector that reads each connection for `readMs`, then never again: as one behind a path
+ * that drops large packets looks (every connect succeeds, and the kernel takes writes for a
+ * while). `connections`: every connection it accepted.
+ */
+export async function startFadingCollector(
+  readMs: number,
+): Promise<{ port: number; connections: Set<net.Socket>; close(): Promise<void> }> {
+  const connections = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    connections.add(socket);
+    socket.resume();
+    setTimeout(() => socket.pause(), readMs);
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return {
+    port: (server.address() as AddressInfo).port,
+    connections,
+    async close(): Promise<void> {
+      for (const socket of connections) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
+}
+
 /** A port nobody listens on right now: bind 127.0.0.1:0, read it, close. */
 export async function freePort(): Promise<number> {
   const server = net.createServer();
