@@ -131,8 +131,8 @@ export class TcpLogClient implements RecordSink {
   #earlyFailures = 0;
   #attempt = 0;
   /**
-   * Servers (by index) whose last connection stalled (see STEADY_MS): their next
-   * connection must last longer. Per server: a fallback that works is proven as usual.
+   * Servers (by index) with a connection that stalled and none proven since (see STEADY_MS):
+   * their next must last longer. Per server: a fallback that works is proven as usual.
    */
   readonly #unsteady = new Set<number>();
   #connects = 0;
