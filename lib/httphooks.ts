@@ -7,11 +7,11 @@
  * Node's objects outlive any one load of the package. A test runner that gives each test file a
  * module registry of its own (Jest) loads it again for each file: with hooks of its own per load,
  * never removed, every file's whole environment stayed alive (about 5 MB each, in a run of 40
- * files) and every response went through one more layer per file. Each load registers here, and
- * is held, and called at each hook, only while it has open instances: a load whose instances are
- * all closed has nothing left to log (a closed instance logs nothing, not even the requests it
- * had taken), and once nothing else holds it, it is collected. The hooks themselves are the first
- * load's.
+ * files) and every response went through one more layer per file. Each load registers what it
+ * does at each hook here: held while it has open instances, and weakly once they are closed, so
+ * that a load nothing else holds any more is collected and its entry dropped. (Weakly always would
+ * cost a `WeakRef#deref()` per load at each hook: 7 k instructions per request in the benchmark
+ * app, 1 %.) The hooks themselves are the first load's.
  */
 import diagnostics from 'node:diagnostics_channel';
 import { ServerResponse } from 'node:http';
@@ -24,16 +24,16 @@ export interface LoadHooks {
   informational(res: ServerResponse, bytes: number): void;
   /** Node announced a finished response. */
   finish(message: unknown): void;
-  /** Node announced a request, before the app sees it. */
+  /** Node announced a request, before the app sees it: only while the load asks for them. */
   request(message: unknown): void;
 }
 
 /** A load's place in the process's hooks. */
 export interface Registration {
   /**
-   * Whether the load has open instances: only then is it held and called at each hook. While no
-   * load has, the process is not subscribed to requests, and the other hooks call nothing: one
-   * whose loggers are all closed pays next to nothing per request.
+   * Whether the load has open instances: then it is held, and requests are announced to it.
+   * While no load has, the process is not subscribed to requests: one whose loggers are all
+   * closed pays nothing per request.
    */
   setOpen(open: boolean): void;
 }
@@ -46,12 +46,18 @@ interface HttpHooks {
   register(load: LoadHooks): Registration;
 }
 
+interface Entry {
+  readonly weak: WeakRef<LoadHooks>;
+  /** The load while it has open instances; else null, and it is reached through `weak`. */
+  open: LoadHooks | null;
+}
+
 /**
  * Where the hooks are kept: on the prototype they wrap, which every load sees (a module registry
  * of its own does not give a test file its own `node:http`). `Symbol.for` is shared across them
  * too. The number changes with what LoadHooks and Registration are.
  */
-const KEY = Symbol.for('express-tcplog.httpHooks.3');
+const KEY = Symbol.for('express-tcplog.httpHooks.2');
 
 /** The process's hooks, made by the first load that asks. */
 export function httpHooks(): HttpHooks {
@@ -65,56 +71,91 @@ export function httpHooks(): HttpHooks {
 }
 
 function install(prototype: typeof ServerResponse.prototype): HttpHooks {
-  /** The loads with open instances. */
-  const open: LoadHooks[] = [];
+  const entries: Entry[] = [];
+  let openLoads = 0;
   /**
-   * The load, when it is the only one with open instances (as in a process with one logging
-   * app): the hooks call it directly, without the loop. Else null.
+   * The load, when there is one, with open instances: the hooks call it directly (as a process
+   * with one logging app has it), without the loop over the entries. Else null.
    */
   let sole: LoadHooks | null = null;
+
+  function updateSole(): void {
+    sole = entries.length === 1 ? (entries[0] as Entry).open : null;
+  }
   // A channel lives as long as its subscription: kept here.
   const finished = diagnostics.channel('http.server.response.finish');
   const started = diagnostics.channel('http.server.request.start');
 
+  let pruning = false;
+
+  /** Drops the entries of loads that were collected. */
+  function prune(): void {
+    pruning = false;
+    for (let i = entries.length - 1; i >= 0; i--) {
+      const entry = entries[i] as Entry;
+      if (entry.open === null && entry.weak.deref() === undefined) entries.splice(i, 1);
+    }
+    updateSole();
+  }
+
   /**
-   * Calls `call` for each load with open instances. A throw reaches the process as a diagnostics
-   * channel's subscriber's would, after the others. Over a copy: a hook may open or close a load.
+   * Calls `call` for each load still alive (only those with open instances, if `openOnly`). A
+   * throw reaches the process as a diagnostics channel's subscriber's would, after the others.
    */
-  function each<A, B>(call: (load: LoadHooks, a: A, b: B) => void, a: A, b: B): void {
-    for (const load of open.slice()) {
+  function each<A, B>(openOnly: boolean, call: (load: LoadHooks, a: A, b: B) => void, a: A, b: B): void {
+    let stale = false;
+    for (const entry of entries) {
+      if (openOnly && entry.open === null) continue;
+      const load = entry.open ?? entry.weak.deref();
+      if (load === undefined) {
+        stale = true;
+        continue;
+      }
       try {
         call(load, a, b);
       } catch (err) {
         process.nextTick(rethrow, err);
       }
     }
+    if (stale) schedulePrune();
   }
 
-  function setOpen(load: LoadHooks, opening: boolean): void {
-    const at = open.indexOf(load);
-    if (opening === (at !== -1)) return;
-    if (opening) open.push(load);
-    else open.splice(at, 1);
-    sole = open.length === 1 ? (open[0] as LoadHooks) : null;
-    if (opening && open.length === 1) started.subscribe(onRequest);
-    else if (!opening && open.length === 0) started.unsubscribe(onRequest);
+  /**
+   * After the announcement under way, if any: unsubscribing in the middle of one could make Node
+   * skip another subscriber of the channel for that message, and dropping entries would make the
+   * loop over them skip one. A promise's job rather than queueMicrotask(), which a test runner's
+   * fake timers may hold back.
+   */
+  function schedulePrune(): void {
+    if (pruning) return;
+    pruning = true;
+    void Promise.resolve().then(prune);
+  }
+
+  function setOpen(entry: Entry, load: LoadHooks, open: boolean): void {
+    if ((entry.open !== null) === open) return;
+    entry.open = open ? load : null;
+    updateSole();
+    if (open && openLoads++ === 0) started.subscribe(onRequest);
+    else if (!open && --openLoads === 0) started.unsubscribe(onRequest);
   }
 
   function onRequest(message: unknown): void {
     if (sole !== null) sole.request(message);
-    else each(announceRequest, message, undefined);
+    else each(true, announceRequest, message, undefined);
   }
 
-  // Never undone, as the wrappers are: other code may have wrapped them since.
+  // Never undone: exchanges already made count on them, and with no load alive they cost a loop
+  // over nothing per response.
   finished.subscribe(function onFinish(message: unknown): void {
     if (sole !== null) sole.finish(message);
-    else each(announceFinish, message, undefined);
+    else each(false, announceFinish, message, undefined);
   });
   // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to `this` below
   const nodeWriteHead = prototype.writeHead;
   const hook = function writeHead(this: ServerResponse, ...args: unknown[]): unknown {
     if (sole !== null) sole.head(this);
-    else each(noteHead, this, undefined);
+    else each(false, noteHead, this, undefined);
     return Reflect.apply(nodeWriteHead, this, args) as unknown;
   } as WriteHead;
   prototype.writeHead = hook;
@@ -128,7 +169,7 @@ function install(prototype: typeof ServerResponse.prototype): HttpHooks {
         return Reflect.apply(original, this, args) as unknown;
       } finally {
         const sent = offered(this) - before;
-        if (sent > 0) each(noteInformational, this, sent);
+        if (sent > 0) each(false, noteInformational, this, sent);
       }
     };
   }
@@ -136,10 +177,14 @@ function install(prototype: typeof ServerResponse.prototype): HttpHooks {
   return {
     writeHead: hook,
     register(load: LoadHooks): Registration {
-      // Held by the load alone: the hooks hold the load only while it is open.
+      schedulePrune();
+      const entry: Entry = { weak: new WeakRef(load), open: null };
+      entries.push(entry);
+      updateSole();
+      // Held by the load alone (it holds the load, too): the entry holds it only while open.
       return {
-        setOpen(opening: boolean): void {
-          setOpen(load, opening);
+        setOpen(open: boolean): void {
+          setOpen(entry, load, open);
         },
       };
     },

@@ -411,10 +411,11 @@ function onServerFinish(message: unknown): void {
     buildAndSend(res, entry, true);
     return;
   }
-  // Every response of every server in the process is announced while an instance is open. One
-  // made while none was is not tracked, but a logged response queued behind it on the connection
-  // (pipelining) starts where it ended.
-  if (socket !== undefined) noteEnd(socket);
+  // Every response of every server in the process is announced. One made while no instance was
+  // open is not tracked, but a logged response queued behind it on the connection (pipelining)
+  // starts where it ended. While no instance is open (and none was on this connection), nothing
+  // is kept: a process whose loggers are all closed pays nothing.
+  if (socket !== undefined && (openInstances > 0 || marksBySocket.has(socket))) noteEnd(socket);
 }
 
 /** A connection closed: its exchanges that never finished are logged as they stand. */
@@ -513,7 +514,10 @@ function countingPush(this: IncomingMessage, chunk: unknown, encoding?: BufferEn
   return (exchange?.push ?? Readable.prototype.push).call(this, chunk, encoding);
 }
 
-/** What this load of the module does at Node's hooks (see httphooks.ts) while it has open instances. */
+/**
+ * What this load of the module does at Node's hooks (see httphooks.ts), which hold it weakly:
+ * kept alive by the module itself, as long as anything holds the module.
+ */
 const THIS_LOAD: LoadHooks = {
   head: noteHead,
   informational: noteInformational,
@@ -522,9 +526,10 @@ const THIS_LOAD: LoadHooks = {
 };
 
 /**
- * The process's hooks, and this load's place in them: set when the first middleware is made.
- * `writeHead` is the hook on `http.ServerResponse.prototype`, which notes the time the head goes
- * out for every response tracked here whose `writeHead` is Node's.
+ * The process's hooks, and this load's place in them: set when the first middleware is made, and
+ * kept (exchanges already made count on them, and so do their sockets' marks). `writeHead` is the
+ * hook on `http.ServerResponse.prototype`, which notes the time the head goes out for every
+ * response tracked here whose `writeHead` is Node's.
  */
 let shared: { readonly writeHead: WriteHead; readonly registration: Registration } | null = null;
 
