@@ -744,6 +744,56 @@ describe('a logger made while a connection is busy with a response made before i
   }
 });
 
+describe('a logger replaced at run time (the old one closed, then a new one made)', () => {
+  it('sizes a response on the same connection on its own, after one that finished in between', async () => {
+    const receiver = await startLineServer();
+    const steps = new EventEmitter();
+    let current = tcplog({ host: '127.0.0.1', port: receiver.port });
+    const http = await listen((req, res) => {
+      if (req.url === '/first') {
+        // Taken by the old logger; it finishes after that one is closed.
+        current(req, res, () => {
+          steps.once('answer', () => res.end('x'.repeat(1000)));
+          steps.emit('first');
+        });
+        return;
+      }
+      // A slow middleware in front: the new logger is made meanwhile.
+      steps.once('replaced', () => current(req, res, () => res.end('second')));
+      steps.emit('second');
+    });
+    try {
+      const socket = net.connect(http.port, '127.0.0.1');
+      await once(socket, 'connect');
+      let received = '';
+      socket.setEncoding('latin1');
+      socket.on('data', (chunk: string) => (received += chunk));
+      const first = once(steps, 'first');
+      socket.write('GET /first HTTP/1.1\r\nHost: h\r\n\r\n');
+      await first;
+      await current.close();
+      steps.emit('answer');
+      await until(() => received.includes('x'.repeat(1000)), 5_000, 'the first response');
+      const second = once(steps, 'second');
+      socket.write('GET /second HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n');
+      await second;
+      current = tcplog({ host: '127.0.0.1', port: receiver.port });
+      steps.emit('replaced');
+      await once(socket, 'close');
+      const secondAt = received.indexOf('HTTP/1.1', 1);
+      await receiver.waitForLines(1);
+      assert.deepEqual(
+        receiver.records().map((r) => [r['request'].uri, r['response'].size]),
+        [['/second', received.length - secondAt]],
+      );
+    } finally {
+      await http.close();
+      await current.close();
+      await receiver.close();
+    }
+  });
+});
+
 describe('request_uri without a Host header, on an IPv6 socket', () => {
   it("brackets the socket's own address, as a URL needs", async (t) => {
     const receiver = await startLineServer();
