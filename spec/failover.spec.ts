@@ -10,6 +10,7 @@ import tcplog = require('../lib/index.js');
 import { TcpLogClient } from '../lib/client.js';
 import { parseOptions } from '../lib/options.js';
 import {
+  deliveryWarnings,
   freePort,
   invariant,
   listenLogged,
@@ -18,6 +19,7 @@ import {
   startFadingCollector,
   startLineServer,
   until,
+  warningKinds,
   type LineServer,
 } from './helpers.js';
 import { transports } from './transports.js';
@@ -163,12 +165,7 @@ describe('a preferred server that stops reading a while after each connection', 
   it('the backup it fails over to is proven as usual, and no fail-back goes to it within seconds', async () => {
     // The preferred server reads past the second that proves a connection, then stalls; its
     // next connection must last a minute to prove it again, but the backup's need not.
-    const warnings: string[] = [];
-    const onWarning = (warning: Error): void => {
-      if ((warning as { code?: string }).code === 'EXPRESS_TCPLOG_DELIVERY') warnings.push(warning.message);
-    };
-    process.on('warning', onWarning);
-    cleanup.push(() => void process.off('warning', onWarning));
+    const warnings = deliveryWarnings(cleanup);
     const preferred = await startFadingCollector(1_200);
     cleanup.push(() => preferred.close());
     const backup = await startLineServer();
@@ -188,11 +185,7 @@ describe('a preferred server that stops reading a while after each connection', 
       client.push(record);
       await new Promise((resolve) => setTimeout(resolve, 2));
     }
-    assert.deepEqual(
-      warnings.slice(0, 2).map((message) => (/recovered/.test(message) ? 'recovered' : 'failing')),
-      ['failing', 'recovered'],
-      warnings.join('\n'),
-    );
+    assert.deepEqual(warningKinds(warnings.slice(0, 2)), ['failing', 'recovered'], warnings.join('\n'));
     assert.ok(backup.lines.length > 0, 'the backup took records');
     // A connect would succeed, and say nothing of whether it takes records again: past the
     // 2.5-5 s a fail-back probe waits otherwise, the records still go to the backup.

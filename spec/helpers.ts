@@ -104,6 +104,25 @@ export class LineServer extends EventEmitter {
 }
 
 /**
+ * The package's delivery warnings (its report when no `onError` is given) from now on, as they
+ * come; `cleanup` gets the step that stops listening.
+ */
+export function deliveryWarnings(cleanup: Array<() => Promise<void> | void>): string[] {
+  const messages: string[] = [];
+  const onWarning = (warning: Error): void => {
+    if ((warning as { code?: string }).code === 'EXPRESS_TCPLOG_DELIVERY') messages.push(warning.message);
+  };
+  process.on('warning', onWarning);
+  cleanup.push(() => void process.off('warning', onWarning));
+  return messages;
+}
+
+/** What each delivery warning says: that delivery recovered, or that it is failing. */
+export function warningKinds(messages: readonly string[]): Array<'recovered' | 'failing'> {
+  return messages.map((message) => (/recovered/.test(message) ? 'recovered' : 'failing'));
+}
+
+/**
  * A collector that reads each connection for `readMs`, then never again: as one behind a path
  * that drops large packets looks (every connect succeeds, and the kernel takes writes for a
  * while). `connections`: every connection it accepted.
