@@ -2,7 +2,8 @@
  * The hooks on Node's HTTP server that the capture needs, set once per process and shared by
  * every load of this package: `writeHead` and the senders of informational responses wrapped on
  * `http.ServerResponse.prototype`, and Node's `http.server.response.finish` and
- * `http.server.request.start` announcements subscribed.
+ * `http.server.request.start` announcements subscribed. Express's routers report here too, through
+ * the hook routehooks.ts sets on them.
  *
  * Node's objects outlive any one load of the package. A test runner that gives each test file a
  * module registry of its own (Jest) loads it again for each file: with hooks of its own per load,
@@ -14,7 +15,7 @@
  * app, 1 %.) The hooks themselves are the first load's.
  */
 import diagnostics from 'node:diagnostics_channel';
-import { ServerResponse } from 'node:http';
+import { ServerResponse, type IncomingMessage } from 'node:http';
 
 /** What one load of the package does at each hook. None of them may throw. */
 export interface LoadHooks {
@@ -26,6 +27,8 @@ export interface LoadHooks {
   finish(message: unknown): void;
   /** Node announced a request, before the app sees it: only while the load asks for them. */
   request(message: unknown): void;
+  /** An Express router is about to run `route`'s handlers for `req` (see routehooks.ts). */
+  route(req: IncomingMessage, res: ServerResponse, route: object): void;
 }
 
 /** A load's place in the process's hooks. */
@@ -43,6 +46,8 @@ export type WriteHead = ServerResponse['writeHead'];
 interface HttpHooks {
   /** The wrapper on `http.ServerResponse.prototype.writeHead`. */
   readonly writeHead: WriteHead;
+  /** Tells every load that a router is about to run a route's handlers. */
+  readonly routed: LoadHooks['route'];
   register(load: LoadHooks): Registration;
 }
 
@@ -57,7 +62,7 @@ interface Entry {
  * of its own does not give a test file its own `node:http`). `Symbol.for` is shared across them
  * too. The number changes with what LoadHooks and Registration are.
  */
-const KEY = Symbol.for('express-tcplog.httpHooks.2');
+const KEY = Symbol.for('express-tcplog.httpHooks.3');
 
 /** The process's hooks, made by the first load that asks. */
 export function httpHooks(): HttpHooks {
@@ -102,7 +107,7 @@ function install(prototype: typeof ServerResponse.prototype): HttpHooks {
    * Calls `call` for each load still alive (only those with open instances, if `openOnly`). A
    * throw reaches the process as a diagnostics channel's subscriber's would, after the others.
    */
-  function each<A, B>(openOnly: boolean, call: (load: LoadHooks, a: A, b: B) => void, a: A, b: B): void {
+  function each<A, B, C>(openOnly: boolean, call: (load: LoadHooks, a: A, b: B, c: C) => void, a: A, b: B, c: C): void {
     let stale = false;
     for (const entry of entries) {
       if (openOnly && entry.open === null) continue;
@@ -112,7 +117,7 @@ function install(prototype: typeof ServerResponse.prototype): HttpHooks {
         continue;
       }
       try {
-        call(load, a, b);
+        call(load, a, b, c);
       } catch (err) {
         process.nextTick(rethrow, err);
       }
@@ -142,20 +147,20 @@ function install(prototype: typeof ServerResponse.prototype): HttpHooks {
 
   function onRequest(message: unknown): void {
     if (sole !== null) sole.request(message);
-    else each(true, announceRequest, message, undefined);
+    else each(true, announceRequest, message, undefined, undefined);
   }
 
   // Never undone: exchanges already made count on them, and with no load alive they cost a loop
   // over nothing per response.
   finished.subscribe(function onFinish(message: unknown): void {
     if (sole !== null) sole.finish(message);
-    else each(false, announceFinish, message, undefined);
+    else each(false, announceFinish, message, undefined, undefined);
   });
   // eslint-disable-next-line @typescript-eslint/unbound-method -- applied to `this` below
   const nodeWriteHead = prototype.writeHead;
   const hook = function writeHead(this: ServerResponse, ...args: unknown[]): unknown {
     if (sole !== null) sole.head(this);
-    else each(false, noteHead, this, undefined);
+    else each(false, noteHead, this, undefined, undefined);
     return Reflect.apply(nodeWriteHead, this, args) as unknown;
   } as WriteHead;
   prototype.writeHead = hook;
@@ -169,13 +174,17 @@ function install(prototype: typeof ServerResponse.prototype): HttpHooks {
         return Reflect.apply(original, this, args) as unknown;
       } finally {
         const sent = offered(this) - before;
-        if (sent > 0) each(false, noteInformational, this, sent);
+        if (sent > 0) each(false, noteInformational, this, sent, undefined);
       }
     };
   }
 
   return {
     writeHead: hook,
+    routed(req: IncomingMessage, res: ServerResponse, route: object): void {
+      if (sole !== null) sole.route(req, res, route);
+      else each(false, noteRoute, req, res, route);
+    },
     register(load: LoadHooks): Registration {
       schedulePrune();
       const entry: Entry = { weak: new WeakRef(load), open: null };
@@ -213,6 +222,10 @@ function noteHead(load: LoadHooks, res: ServerResponse): void {
 
 function noteInformational(load: LoadHooks, res: ServerResponse, bytes: number): void {
   load.informational(res, bytes);
+}
+
+function noteRoute(load: LoadHooks, req: IncomingMessage, res: ServerResponse, route: object): void {
+  load.route(req, res, route);
 }
 
 function rethrow(err: unknown): never {

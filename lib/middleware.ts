@@ -20,6 +20,7 @@ import { hookValues, skips, type ReportHook } from './hooks.js';
 import { httpHooks, type LoadHooks, type Registration, type WriteHead } from './httphooks.js';
 import type { Hooks, RecordSettings } from './options.js';
 import { REQUEST_ID, headerText, type CapturedExchange, type CapturedResponse } from './record.js';
+import { hookRouteLayers, type Routed } from './routehooks.js';
 import { writeRecord } from './serialize.js';
 
 /** What Express (4 or 5) adds to a request; Connect and bare `http` have none of it. */
@@ -127,6 +128,12 @@ interface LiveExchange {
   informationalBytes: number;
   /** `req.baseUrl` when the innermost instance saw the request. */
   mountedAt: string;
+  /**
+   * The last route an Express router ran for the request (see routehooks.ts), and `req.baseUrl`
+   * then. Null when none was seen.
+   */
+  routeRun: object | null;
+  routeBase: string;
   /** The socket's own address read earlier, for a request without a Host header (see takeLate). */
   localHost: string | null;
   /**
@@ -228,6 +235,12 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
     return;
   }
   if (instance.closed) return;
+  // Express keeps `app` on the prototype it gives each request: read there (see trustsProxy()).
+  const app = (Object.getPrototypeOf(req) as ExpressLikeRequest | null)?.app;
+  if (app !== lastApp && app !== undefined) {
+    lastApp = app;
+    hookRouteLayers(app, (shared as SharedHooks).routed);
+  }
   const exchange = existing ?? arrive(req, res, req.socket, null);
   const { socket } = exchange;
   let marks = marksBySocket.get(socket);
@@ -346,6 +359,8 @@ function newExchange(
     responseBytes: 0,
     informationalBytes: 0,
     mountedAt: '',
+    routeRun: null,
+    routeBase: '',
     localHost: null,
     outer: null,
   };
@@ -523,6 +538,7 @@ const THIS_LOAD: LoadHooks = {
   informational: noteInformational,
   finish: onServerFinish,
   request: onServerRequest,
+  route: noteRoute,
 };
 
 /**
@@ -531,14 +547,40 @@ const THIS_LOAD: LoadHooks = {
  * hook on `http.ServerResponse.prototype`, which notes the time the head goes out for every
  * response tracked here whose `writeHead` is Node's.
  */
-let shared: { readonly writeHead: WriteHead; readonly registration: Registration } | null = null;
+let shared: SharedHooks | null = null;
 
-function installSharedHooks(): { readonly writeHead: WriteHead; readonly registration: Registration } {
+interface SharedHooks {
+  readonly writeHead: WriteHead;
+  readonly routed: Routed;
+  readonly registration: Registration;
+}
+
+function installSharedHooks(): SharedHooks {
   if (shared === null) {
     const hooks = httpHooks();
-    shared = { writeHead: hooks.writeHead, registration: hooks.register(THIS_LOAD) };
+    shared = { writeHead: hooks.writeHead, routed: hooks.routed, registration: hooks.register(THIS_LOAD) };
   }
   return shared;
+}
+
+/**
+ * The app of the last request captured, whose router was looked at (see routehooks.ts): most
+ * processes have one, and then a comparison per request is all it costs.
+ */
+let lastApp: unknown;
+
+/** An Express router is about to run `route` for a request: the base it runs under is noted. */
+function noteRoute(req: IncomingMessage, res: ServerResponse, route: object): void {
+  const exchange = byResponse.get(res);
+  if (exchange === undefined || exchange instanceof Ended) return;
+  try {
+    // An app may set anything there, even a getter that throws.
+    const base = (req as ExpressLikeRequest).baseUrl;
+    exchange.routeRun = route;
+    exchange.routeBase = typeof base === 'string' ? base : '';
+  } catch {
+    exchange.routeRun = null;
+  }
 }
 
 /** A tracked response sent informational responses: counted apart (see sentResponse()). */
@@ -852,10 +894,13 @@ function statusOf(head: string): number | null {
 }
 
 /**
- * The route's mount path. Express restores `req.baseUrl` when an error leaves a router, while
- * `req.route` stays the router's: the innermost instance's mount point is then the better answer.
+ * The route's mount path: `req.baseUrl` when Express ran the route, if it was seen to (see
+ * routehooks.ts). Otherwise, as the request has it at the finish. Express restores `req.baseUrl`
+ * when the request leaves a router, while `req.route` stays the router's: the innermost
+ * instance's mount point is then the better answer.
  */
 function baseUrl(req: ExpressLikeRequest, exchange: LiveExchange): string {
+  if (exchange.routeRun !== null && exchange.routeRun === req.route) return exchange.routeBase;
   // An app may set anything there.
   const atFinish = typeof req.baseUrl === 'string' ? req.baseUrl : '';
   return exchange.mountedAt.length > atFinish.length ? exchange.mountedAt : atFinish;

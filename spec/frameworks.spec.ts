@@ -87,6 +87,152 @@ describe('works with', () => {
     });
   }
 
+  /**
+   * route.base_url is the base the route ran under, not `req.baseUrl` at the finish (Express
+   * restores it as the request leaves a router), nor the longest mount an instance saw.
+   */
+  for (const [label, factory] of [
+    ['Express 5', express5],
+    ['Express 4', express4],
+  ] as const) {
+    type App = ReturnType<typeof factory>;
+    const passOn: express5.RequestHandler = (_req, _res, next) => {
+      next();
+    };
+    const answer: express5.RequestHandler = (_req, res) => {
+      res.send('answered');
+    };
+    const cases: {
+      readonly name: string;
+      readonly url: string;
+      readonly status: number;
+      readonly route: { path: string; base_url: string };
+      readonly build: (app: App, log: () => express5.RequestHandler) => void;
+    }[] = [
+      {
+        name: 'a route in a router calls next(), the app answers 404',
+        url: '/sub/7',
+        status: 404,
+        route: { path: '/:id', base_url: '/sub' },
+        build(app, log) {
+          app.use(log());
+          const router = factory.Router();
+          router.get('/:id', passOn);
+          app.use('/sub', router);
+        },
+      },
+      {
+        name: 'a route in a router calls next(err), the app error handler answers',
+        url: '/sub/7',
+        status: 500,
+        route: { path: '/:id', base_url: '/sub' },
+        build(app, log) {
+          app.use(log());
+          const router = factory.Router();
+          router.get('/:id', (_req, _res, next) => {
+            next(new Error('failed in the router'));
+          });
+          app.use('/sub', router);
+          app.use(((_err, _req, res, _next) => {
+            res.status(500).send('handled');
+          }) as express5.ErrorRequestHandler);
+        },
+      },
+      {
+        name: "a route in a sub-app calls next(), the parent's 404",
+        url: '/sub/7',
+        status: 404,
+        route: { path: '/:id', base_url: '/sub' },
+        build(app, log) {
+          app.use(log());
+          const sub = factory();
+          sub.get('/:id', passOn);
+          app.use('/sub', sub);
+        },
+      },
+      {
+        name: 'an instance in a router at /a, a route in a nested router at /b calls next()',
+        url: '/a/b/7',
+        status: 404,
+        route: { path: '/:id', base_url: '/a/b' },
+        build(app, log) {
+          const outer = factory.Router();
+          outer.use(log());
+          const inner = factory.Router({ mergeParams: true });
+          inner.get('/:id', passOn);
+          outer.use('/b', inner);
+          app.use('/a', outer);
+        },
+      },
+      {
+        name: 'an instance in a router at /api that matches nothing, an app route answers',
+        url: '/api/x',
+        status: 200,
+        route: { path: '/api/x', base_url: '' },
+        build(app, log) {
+          const router = factory.Router();
+          router.use(log());
+          app.use('/api', router);
+          app.get('/api/x', answer);
+        },
+      },
+      {
+        name: 'instances in the app and in a router at /sub that matches nothing, an app route answers',
+        url: '/sub/y',
+        status: 200,
+        route: { path: '/sub/y', base_url: '' },
+        build(app, log) {
+          app.use(log());
+          const router = factory.Router();
+          router.use(log());
+          app.use('/sub', router);
+          app.get('/sub/y', answer);
+        },
+      },
+      {
+        name: 'a route in a router calls next(), a later route in the same router answers',
+        url: '/sub/7',
+        status: 200,
+        route: { path: '/:n', base_url: '/sub' },
+        build(app, log) {
+          app.use(log());
+          const router = factory.Router();
+          router.get('/:id', passOn);
+          router.get('/:n', answer);
+          app.use('/sub', router);
+        },
+      },
+      {
+        name: 'the instance inside the route, before its handler',
+        url: '/sub/7',
+        status: 200,
+        route: { path: '/:id', base_url: '/sub' },
+        build(app, log) {
+          const router = factory.Router();
+          router.get('/:id', log(), answer);
+          app.use('/sub', router);
+        },
+      },
+    ];
+
+    it(`${label}: route.base_url is the base the route ran under`, async () => {
+      for (const [index, scenario] of cases.entries()) {
+        const name = `${label} base ${index}`;
+        const app = factory();
+        scenario.build(app, () => logger(name) as express5.RequestHandler);
+        const http = await listen(app);
+        try {
+          assert.equal((await request(http.port, scenario.url)).status, scenario.status, scenario.name);
+          const record = await recordFor(name);
+          assert.equal(record['request'].uri, scenario.url, scenario.name);
+          assert.deepEqual(record['route'], scenario.route, scenario.name);
+        } finally {
+          await http.close();
+        }
+      }
+    });
+  }
+
   it('Express honours trust proxy for client_ip and the scheme', async () => {
     const app = express5();
     app.set('trust proxy', true);
@@ -536,6 +682,71 @@ describe('the package loaded again and again in one process', () => {
     assert.equal(result.hooks, 1, 'one writeHead hook for every load');
     assert.ok(result.alive <= 1, `${result.alive} of 20 loads still held`);
     assert.equal(result.uris, Array.from({ length: 20 }, (_, i) => `/load/${i}`).join());
+  });
+
+  it("wraps Express's router layers once, and each open load learns the base its routes ran under", async () => {
+    const lib = path.resolve(__dirname, '../lib/index.js');
+    const script = `
+      const http = require('node:http');
+      const net = require('node:net');
+      const path = require('node:path');
+      const express = require('express');
+      const Layer = require('router/lib/layer');
+      const dir = path.dirname(${JSON.stringify(lib)}) + path.sep;
+      function load() {
+        for (const file of Object.keys(require.cache)) if (file.startsWith(dir)) delete require.cache[file];
+        return require(${JSON.stringify(lib)});
+      }
+      const records = [];
+      const receiver = net.createServer((socket) => {
+        let text = '';
+        socket.setEncoding('utf8');
+        socket.on('data', (chunk) => {
+          text += chunk;
+          for (let at; (at = text.indexOf('\\r\\n')) !== -1; text = text.slice(at + 2)) records.push(JSON.parse(text.slice(0, at)));
+        });
+      });
+      const get = (port, uri) => new Promise((resolve, reject) =>
+        http.get({ host: '127.0.0.1', port, path: uri, agent: false }, (res) => res.resume().on('end', () => resolve(res.statusCode))).on('error', reject));
+      receiver.listen(0, '127.0.0.1', async () => {
+        const original = Layer.prototype.handleRequest;
+        const port = receiver.address().port;
+        // Both open at once: the hook reports to each of them.
+        const instances = [load(), load()].map((tcplog, i) => tcplog({ host: '127.0.0.1', port, api: { name: 'load ' + i } }));
+        const seen = [];
+        const statuses = [];
+        for (const [i, mw] of instances.entries()) {
+          const app = express();
+          app.use(mw);
+          const router = express.Router();
+          router.get('/:id', (req, res, next) => next());
+          app.use('/sub', router);
+          const server = http.createServer(app);
+          await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+          statuses.push(await get(server.address().port, '/sub/' + i));
+          seen.push(Layer.prototype.handleRequest);
+          await new Promise((resolve) => server.close(resolve));
+        }
+        while (records.length < 2) await new Promise((resolve) => setTimeout(resolve, 10));
+        for (const mw of instances) await mw.close();
+        console.log(JSON.stringify({
+          statuses,
+          wrapped: seen[0] !== original,
+          once: seen[0] === seen[1],
+          routes: records.sort((a, b) => a.api.name.localeCompare(b.api.name)).map((r) => r.route),
+        }));
+        receiver.close();
+      });`;
+    const { code, output } = await runNode(script, { asFile: true });
+    assert.equal(code, 0, output);
+    const result = JSON.parse(output) as { statuses: number[]; wrapped: boolean; once: boolean; routes: unknown[] };
+    assert.deepEqual(result.statuses, [404, 404]);
+    assert.ok(result.wrapped, "the router's Layer#handleRequest is wrapped");
+    assert.ok(result.once, 'and only by the first load');
+    assert.deepEqual(result.routes, [
+      { path: '/:id', base_url: '/sub' },
+      { path: '/:id', base_url: '/sub' },
+    ]);
   });
 });
 
