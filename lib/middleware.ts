@@ -20,7 +20,7 @@ import { hookValues, skips, type ReportHook } from './hooks.js';
 import { httpHooks, type LoadHooks, type Registration, type WriteHead } from './httphooks.js';
 import type { Hooks, RecordSettings } from './options.js';
 import { REQUEST_ID, headerText, type CapturedExchange, type CapturedResponse } from './record.js';
-import { hookRouteLayers, type Routed } from './routehooks.js';
+import { hookAppRoutes, hookRouteClass, type Routed } from './routehooks.js';
 import { writeRecord } from './serialize.js';
 
 /** What Express (4 or 5) adds to a request; Connect and bare `http` have none of it. */
@@ -215,6 +215,13 @@ export function createHandler(instance: Instance): Handler {
 }
 
 function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedResponse): void {
+  // Express keeps `app` on the prototype it gives each request: read there (see trustsProxy()).
+  // Each instance looks, nested ones too: a sub-app may be of another copy of Express.
+  const app = (Object.getPrototypeOf(req) as ExpressLikeRequest | null)?.app;
+  if (app !== lastApp && app !== undefined) {
+    lastApp = app;
+    hookAppRoutes(app, (shared as SharedHooks).routed);
+  }
   const existing = byResponse.get(res);
   if (existing instanceof Ended) {
     // It ended before it reached this instance (see takeLate).
@@ -235,12 +242,6 @@ function capture(instance: Instance, req: ExpressLikeRequest, res: TrackedRespon
     return;
   }
   if (instance.closed) return;
-  // Express keeps `app` on the prototype it gives each request: read there (see trustsProxy()).
-  const app = (Object.getPrototypeOf(req) as ExpressLikeRequest | null)?.app;
-  if (app !== lastApp && app !== undefined) {
-    lastApp = app;
-    hookRouteLayers(app, (shared as SharedHooks).routed);
-  }
   const exchange = existing ?? arrive(req, res, req.socket, null);
   const { socket } = exchange;
   let marks = marksBySocket.get(socket);
@@ -834,7 +835,10 @@ function describe(exchange: LiveExchange, res: TrackedResponse): CapturedExchang
     response,
     responseBytes: exchange.responseBytes,
     clientIp: (trusting ? expressValue(req, 'ip') : undefined) ?? exchange.remoteAddress,
-    route: route && route.path !== undefined ? { path: routePath(route.path), baseUrl: baseUrl(req, exchange) } : null,
+    route:
+      route && route.path !== undefined
+        ? { path: routePath(route.path), baseUrl: baseUrl(req, exchange, route) }
+        : null,
     // What arrived, as `request.headers` has it: not a value the app put in `req.headers`.
     requestId: joinedHeaderText(rawHeaders, REQUEST_ID),
   };
@@ -899,8 +903,10 @@ function statusOf(head: string): number | null {
  * when the request leaves a router, while `req.route` stays the router's: the innermost
  * instance's mount point is then the better answer.
  */
-function baseUrl(req: ExpressLikeRequest, exchange: LiveExchange): string {
-  if (exchange.routeRun !== null && exchange.routeRun === req.route) return exchange.routeBase;
+function baseUrl(req: ExpressLikeRequest, exchange: LiveExchange, route: object): string {
+  if (exchange.routeRun === route) return exchange.routeBase;
+  // Run by a router whose layers are not hooked yet: they are for the requests after this one.
+  if (shared !== null) hookRouteClass(route, shared.routed);
   // An app may set anything there.
   const atFinish = typeof req.baseUrl === 'string' ? req.baseUrl : '';
   return exchange.mountedAt.length > atFinish.length ? exchange.mountedAt : atFinish;

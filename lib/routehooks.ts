@@ -7,10 +7,13 @@
  *
  * Express 4 and 5 run each route through the `handle_request` (4) or `handleRequest` (5, the
  * `router` package) method of the router's Layer class, on the layer that holds the route, right
- * after they set `req.route`. That method is wrapped once on the prototype, found through the
- * router stack of an app the middleware sees. Not `Route#dispatch`: Express 4 binds it to each route
- * as the route is made. Not an accessor for `req.route`: adding one to each request cost 7.8 %
- * more instructions per request, in the garbage collector (a request's map changed each time).
+ * after they set `req.route`. That method is wrapped once on the prototype. The class is found
+ * through the router of the app a request belongs to when it reaches an instance (before its
+ * route runs, so even the first request's is seen), and through a route that ran unseen, for the
+ * requests after it: a router of another copy of Express or of the `router` package, or Express
+ * behind an instance in front of it. Not `Route#dispatch`: Express 4 binds it to each route as
+ * the route is made. Not an accessor for `req.route`: adding one to each request cost 7.8 % more
+ * instructions per request, in the garbage collector (a request's map changed each time).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 
@@ -18,29 +21,75 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 export type Routed = (req: IncomingMessage, res: ServerResponse, route: object) => void;
 
 type LayerMethod = (this: { route?: unknown }, req: IncomingMessage, res: ServerResponse, next: unknown) => unknown;
+type LayerPrototype = { handleRequest?: LayerMethod; handle_request?: LayerMethod } & object;
 
 /**
- * Marks a Layer prototype already wrapped, by this load or another (the wrapper reports through
- * the process's hooks, to every load). The number changes with what the wrapper reports.
+ * On a Layer prototype: the `Routed` of each set of process hooks (see httphooks.ts) a wrapper
+ * reports to. Every load that shares those hooks is told through one wrapper; a copy of the
+ * package with hooks of its own (another version) adds a wrapper of its own.
  */
-const KEY = Symbol.for('express-tcplog.layerHook.1');
+const KEY = Symbol.for('express-tcplog.layerHooks');
 
-/** Apps already looked at: each is looked at once, hooked or not. */
+/** Apps and routes already looked at: each is looked at once, hooked or not. */
 const seen = new WeakSet<object>();
 
 /**
- * Wraps the route-running method of the Layer class of `app`'s router, once per class. `app` is
- * what Express puts on its requests' prototype; anything else (Connect, a test double, an app
- * whose router is not Express's) is left alone, and `route.base_url` falls back to what the
- * request says at the finish.
+ * Hooks the Layer class of the router of `app`, what Express puts on its requests' prototype.
+ * Anything else (Connect, a test double, an app whose router is not Express's) is left alone.
  */
-export function hookRouteLayers(app: unknown, routed: Routed): void {
-  if ((typeof app !== 'function' && typeof app !== 'object') || app === null || seen.has(app)) return;
-  seen.add(app);
+export function hookAppRoutes(app: unknown, routed: Routed): void {
+  if (firstLook(app)) hook(stackPrototype(routerOf(app)), routed);
+}
+
+/**
+ * Hooks the Layer class of a route that ran without the hook (`req.route` at the finish): its own
+ * layers are of the class its router runs it with.
+ */
+export function hookRouteClass(route: unknown, routed: Routed): void {
+  if (firstLook(route)) hook(stackPrototype(route), routed);
+}
+
+function firstLook(value: unknown): value is object {
+  if ((typeof value !== 'function' && typeof value !== 'object') || value === null || seen.has(value)) return false;
+  seen.add(value);
+  return true;
+}
+
+/**
+ * Express 4 keeps an app's router in `_router` (its `app.router` throws); Express 5 in
+ * `app.router`, made by then: the request came through it.
+ */
+function routerOf(app: { _router?: unknown; router?: unknown }): unknown {
   try {
-    const prototype = layerPrototype(app);
-    if (prototype === null || Object.prototype.hasOwnProperty.call(prototype, KEY)) return;
-    let wrapped = false;
+    return app._router ?? app.router;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The prototype of the first layer in `owner.stack`, if it has a route-running method. */
+function stackPrototype(owner: unknown): LayerPrototype | null {
+  try {
+    const stack = (owner as { stack?: unknown } | null | undefined)?.stack;
+    if (!Array.isArray(stack) || stack.length === 0) return null;
+    const layer: unknown = stack[0];
+    if (typeof layer !== 'object' || layer === null) return null;
+    const prototype = Object.getPrototypeOf(layer) as LayerPrototype | null;
+    if (prototype === null || prototype === Object.prototype) return null;
+    return typeof prototype.handleRequest === 'function' || typeof prototype.handle_request === 'function'
+      ? prototype
+      : null;
+  } catch {
+    return null;
+  }
+}
+
+function hook(prototype: LayerPrototype | null, routed: Routed): void {
+  if (prototype === null) return;
+  try {
+    const own = Object.getOwnPropertyDescriptor(prototype, KEY)?.value as unknown;
+    const reporting: Routed[] = Array.isArray(own) ? (own as Routed[]) : [];
+    if (reporting.includes(routed)) return;
     for (const name of ['handleRequest', 'handle_request'] as const) {
       const original = prototype[name];
       if (typeof original !== 'function') continue;
@@ -55,28 +104,10 @@ export function hookRouteLayers(app: unknown, routed: Routed): void {
         }
         return original.call(this, req, res, next);
       };
-      wrapped = true;
     }
-    if (wrapped) Object.defineProperty(prototype, KEY, { value: true });
+    reporting.push(routed);
+    if (own !== reporting) Object.defineProperty(prototype, KEY, { value: reporting });
   } catch {
-    // A frozen prototype, a router that is not Express's: left as it is.
+    // A frozen prototype: left as it is.
   }
-}
-
-type LayerPrototype = { handleRequest?: LayerMethod; handle_request?: LayerMethod } & object;
-
-/** The prototype of the layers in `app`'s router, or null when it has none that look like Express's. */
-function layerPrototype(app: { _router?: unknown; router?: unknown }): LayerPrototype | null {
-  // Express 4 keeps its router in `_router` (its `app.router` throws); Express 5 in `app.router`,
-  // made by then: the request came through it.
-  const router = (app._router ?? app.router) as { stack?: unknown } | undefined;
-  const stack = router?.stack;
-  if (!Array.isArray(stack) || stack.length === 0) return null;
-  const layer: unknown = stack[0];
-  if (typeof layer !== 'object' || layer === null) return null;
-  const prototype = Object.getPrototypeOf(layer) as LayerPrototype | null;
-  if (prototype === null || prototype === Object.prototype) return null;
-  return typeof prototype.handleRequest === 'function' || typeof prototype.handle_request === 'function'
-    ? prototype
-    : null;
 }

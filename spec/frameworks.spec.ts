@@ -750,6 +750,140 @@ describe('the package loaded again and again in one process', () => {
   });
 });
 
+describe('route.base_url in a fresh process, where no router is hooked yet', () => {
+  /**
+   * Each case in a process of its own: a Layer class hooked for one case would be hooked for the
+   * next. `first`: whether the first request's route is seen too (an instance met the router's app
+   * before the route ran), rather than only the routes after it.
+   */
+  const cases = [
+    { name: 'nested instance, other Express', first: true, route: { path: '/:id', base_url: '/sub/r' } },
+    { name: 'sub-app of other Express', first: false, route: { path: '/r/:id', base_url: '/sub' } },
+    { name: 'router package in Express 4', first: false, route: { path: '/r/:id', base_url: '/sub' } },
+    { name: 'instance in front of Express', first: false, route: { path: '/r/:id', base_url: '/sub' } },
+    { name: 'Connect in front of Express', first: false, route: { path: '/r/:id', base_url: '/sub' } },
+    { name: 'copy with hooks of its own', first: true, route: { path: '/r/:id', base_url: '/sub' } },
+  ] as const;
+  for (const { name, first, route } of cases) {
+    it(`${name}: ${first ? 'every route is seen' : 'routes after the first are seen'}`, async () => {
+      const lib = path.resolve(__dirname, '../lib/index.js');
+      const script = `
+      const fs = require('node:fs');
+      const http = require('node:http');
+      const net = require('node:net');
+      const os = require('node:os');
+      const path = require('node:path');
+      const connect = require('connect');
+      const express5 = require('express');
+      const express4 = require('express4');
+      const Router = require('router');
+      // A copy whose process hooks are another version's, as a second version of the package has.
+      const copy = fs.mkdtempSync(path.join(os.tmpdir(), 'express-tcplog-other-'));
+      process.on('exit', () => fs.rmSync(copy, { recursive: true, force: true }));
+      fs.cpSync(path.dirname(${JSON.stringify(lib)}), copy, { recursive: true });
+      const hooksFile = path.join(copy, 'httphooks.js');
+      const source = fs.readFileSync(hooksFile, 'utf8');
+      if (!/express-tcplog\\.httpHooks\\.\\d+/.test(source)) throw new Error('no hooks key in ' + hooksFile);
+      fs.writeFileSync(hooksFile, source.replace(/express-tcplog\\.httpHooks\\.\\d+/, 'express-tcplog.httpHooks.other'));
+      const ours = require(${JSON.stringify(lib)});
+      const other = require(path.join(copy, 'index.js'));
+      const pass = (req, res, next) => next();
+      const records = [];
+      const receiver = net.createServer((socket) => {
+        let text = '';
+        socket.setEncoding('utf8');
+        socket.on('data', (chunk) => {
+          text += chunk;
+          for (let at; (at = text.indexOf('\\r\\n')) !== -1; text = text.slice(at + 2)) records.push(JSON.parse(text.slice(0, at)));
+        });
+      });
+      const get = (port, uri) => new Promise((resolve, reject) =>
+        http.get({ host: '127.0.0.1', port, path: uri, agent: false }, (res) => res.resume().on('end', () => resolve(res.statusCode))).on('error', reject));
+      receiver.listen(0, '127.0.0.1', async () => {
+        const port = receiver.address().port;
+        const instances = [];
+        const log = (name, factory = ours) => {
+          const mw = factory({ host: '127.0.0.1', port, api: { name } });
+          instances.push(mw);
+          return mw;
+        };
+        const cases = {
+          // An Express 4 sub-app with an instance of its own, in an Express 5 app.
+          'nested instance, other Express': () => {
+            const app = express5();
+            app.use(log('nested instance, other Express'));
+            const sub = express4();
+            sub.use(log('nested instance, other Express'));
+            const router = express4.Router();
+            router.get('/:id', pass);
+            sub.use('/r', router);
+            app.use('/sub', sub);
+            return app;
+          },
+          // The same without it: the Express 4 router is found through its first route.
+          'sub-app of other Express': () => {
+            const app = express5();
+            app.use(log('sub-app of other Express'));
+            const sub = express4();
+            sub.get('/r/:id', pass);
+            app.use('/sub', sub);
+            return app;
+          },
+          'router package in Express 4': () => {
+            const app = express4();
+            app.use(log('router package in Express 4'));
+            const router = Router();
+            router.get('/r/:id', pass);
+            app.use('/sub', router);
+            return app;
+          },
+          'instance in front of Express': () => {
+            const mw = log('instance in front of Express');
+            const app = express4();
+            const router = express4.Router();
+            router.get('/r/:id', pass);
+            app.use('/sub', router);
+            return (req, res) => mw(req, res, () => app(req, res));
+          },
+          'Connect in front of Express': () => {
+            const app = express5();
+            const router = express5.Router();
+            router.get('/r/:id', pass);
+            app.use('/sub', router);
+            return connect().use(log('Connect in front of Express')).use(app);
+          },
+          // This copy's instance first, so that it hooks Express's layers before the other can.
+          'copy with hooks of its own': () => {
+            const app = express5();
+            app.use(log('this copy'));
+            app.use(log('copy with hooks of its own', other));
+            const router = express5.Router();
+            router.get('/r/:id', pass);
+            app.use('/sub', router);
+            return app;
+          },
+        };
+        const server = http.createServer(cases[${JSON.stringify(name)}]());
+        await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+        const statuses = [await get(server.address().port, '/sub/r/1'), await get(server.address().port, '/sub/r/2')];
+        await new Promise((resolve) => server.close(resolve));
+        const logged = () => records.filter((r) => r.api.name === ${JSON.stringify(name)});
+        while (logged().length < 2) await new Promise((resolve) => setTimeout(resolve, 10));
+        for (const mw of instances) await mw.close();
+        console.log(JSON.stringify({ statuses, routes: Object.fromEntries(logged().map((r) => [r.request.uri, r.route])) }));
+        receiver.close();
+      });`;
+      const { code, output } = await runNode(script, { asFile: true });
+      assert.equal(code, 0, output);
+      const result = JSON.parse(output) as { statuses: number[]; routes: Record<string, unknown> };
+      assert.deepEqual(result.statuses, [404, 404]);
+      // After the first route, whatever router ran it: its class is hooked from then on.
+      assert.deepEqual(result.routes['/sub/r/2'], route);
+      if (first) assert.deepEqual(result.routes['/sub/r/1'], route);
+    });
+  }
+});
+
 describe("a socket handed to an 'upgrade' handler", () => {
   const cases = [
     { copies: 1, onceListener: false },
