@@ -21,12 +21,21 @@ import type { IncomingMessage, ServerResponse } from 'node:http';
 export type Routed = (req: IncomingMessage, res: ServerResponse, route: object) => void;
 
 type LayerMethod = (this: { route?: unknown }, req: IncomingMessage, res: ServerResponse, next: unknown) => unknown;
-type LayerPrototype = { handleRequest?: LayerMethod; handle_request?: LayerMethod } & object;
+
+/** What Express's Layer class has, in Express 4 (snake case) and in the `router` package (5). */
+interface LayerPrototype {
+  match?: unknown;
+  handleRequest?: LayerMethod;
+  handleError?: unknown;
+  handle_request?: LayerMethod;
+  handle_error?: unknown;
+}
 
 /**
  * On a Layer prototype: the `Routed` of each set of process hooks (see httphooks.ts) a wrapper
  * reports to. Every load that shares those hooks is told through one wrapper; a copy of the
- * package with hooks of its own (another version) adds a wrapper of its own.
+ * package with hooks of its own (another version) adds a wrapper of its own. Every version keeps
+ * an array of them there: anything else, and no version wraps the class again.
  */
 const KEY = Symbol.for('express-tcplog.layerHooks');
 
@@ -67,7 +76,10 @@ function routerOf(app: { _router?: unknown; router?: unknown }): unknown {
   }
 }
 
-/** The prototype of the first layer in `owner.stack`, if it has a route-running method. */
+/**
+ * The prototype of the first layer in `owner.stack`, if it is shaped as Express's Layer: a class
+ * of the app's that happens to have a `handleRequest` is not wrapped.
+ */
 function stackPrototype(owner: unknown): LayerPrototype | null {
   try {
     const stack = (owner as { stack?: unknown } | null | undefined)?.stack;
@@ -75,10 +87,10 @@ function stackPrototype(owner: unknown): LayerPrototype | null {
     const layer: unknown = stack[0];
     if (typeof layer !== 'object' || layer === null) return null;
     const prototype = Object.getPrototypeOf(layer) as LayerPrototype | null;
-    if (prototype === null || prototype === Object.prototype) return null;
-    return typeof prototype.handleRequest === 'function' || typeof prototype.handle_request === 'function'
-      ? prototype
-      : null;
+    if (prototype === null || prototype === Object.prototype || typeof prototype.match !== 'function') return null;
+    const express5 = typeof prototype.handleRequest === 'function' && typeof prototype.handleError === 'function';
+    const express4 = typeof prototype.handle_request === 'function' && typeof prototype.handle_error === 'function';
+    return express5 || express4 ? prototype : null;
   } catch {
     return null;
   }
@@ -87,13 +99,28 @@ function stackPrototype(owner: unknown): LayerPrototype | null {
 function hook(prototype: LayerPrototype | null, routed: Routed): void {
   if (prototype === null) return;
   try {
-    const own = Object.getOwnPropertyDescriptor(prototype, KEY)?.value as unknown;
-    const reporting: Routed[] = Array.isArray(own) ? (own as Routed[]) : [];
+    const own = Object.getOwnPropertyDescriptor(prototype, KEY);
+    let reporting: Routed[];
+    if (own === undefined) {
+      reporting = [];
+      // First, so that a prototype that takes no new property (sealed) is never wrapped: with no
+      // mark, each app found would wrap it once more.
+      Object.defineProperty(prototype, KEY, { value: reporting });
+    } else if (Array.isArray(own.value)) {
+      reporting = own.value as Routed[];
+    } else {
+      return;
+    }
     if (reporting.includes(routed)) return;
+    reporting.push(routed);
     for (const name of ['handleRequest', 'handle_request'] as const) {
       const original = prototype[name];
       if (typeof original !== 'function') continue;
-      prototype[name] = function runLayer(this: { route?: unknown }, req, res, next): unknown {
+      prototype[name] = function runLayer(
+        this: { route?: unknown },
+        req: IncomingMessage,
+        res: ServerResponse,
+      ): unknown {
         const route = this.route;
         if (typeof route === 'object' && route !== null) {
           try {
@@ -102,11 +129,12 @@ function hook(prototype: LayerPrototype | null, routed: Routed): void {
             // Ours, and never meant to throw: Express's routing goes on regardless.
           }
         }
-        return original.call(this, req, res, next);
+        // Every argument, as called: `arguments` rather than a rest array, which V8 passes on
+        // without making one per call.
+        // eslint-disable-next-line prefer-rest-params
+        return Reflect.apply(original, this, arguments) as unknown;
       };
     }
-    reporting.push(routed);
-    if (own !== reporting) Object.defineProperty(prototype, KEY, { value: reporting });
   } catch {
     // A frozen prototype: left as it is.
   }

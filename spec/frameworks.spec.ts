@@ -884,6 +884,94 @@ describe('route.base_url in a fresh process, where no router is hooked yet', () 
   }
 });
 
+describe("route.base_url: classes that are not Express's, or cannot be marked", () => {
+  it('a Layer prototype that takes no new property is never wrapped, however many apps come', async () => {
+    const lib = path.resolve(__dirname, '../lib/index.js');
+    const script = `
+      const http = require('node:http');
+      const net = require('node:net');
+      const express = require('express');
+      const Layer = require('router/lib/layer');
+      Object.seal(Layer.prototype);
+      const original = Layer.prototype.handleRequest;
+      const tcplog = require(${JSON.stringify(lib)});
+      const receiver = net.createServer((socket) => socket.resume()).listen(0, '127.0.0.1', async () => {
+        const mw = tcplog({ host: '127.0.0.1', port: receiver.address().port });
+        let app;
+        const server = http.createServer((req, res) => app(req, res));
+        await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+        const statuses = {};
+        for (let i = 0; i < 50; i++) {
+          // A new app each time: each is looked at once.
+          app = express();
+          app.use(mw);
+          app.get('/x', (req, res) => res.send('ok'));
+          const status = await new Promise((resolve, reject) =>
+            http.get({ host: '127.0.0.1', port: server.address().port, path: '/x', agent: false }, (res) => res.resume().on('end', () => resolve(res.statusCode))).on('error', reject));
+          statuses[status] = (statuses[status] ?? 0) + 1;
+        }
+        console.log(JSON.stringify({ statuses, untouched: Layer.prototype.handleRequest === original }));
+        await mw.close();
+        server.close();
+        receiver.close();
+      });`;
+    const { code, output } = await runNode(script, { asFile: true });
+    assert.equal(code, 0, output);
+    assert.deepEqual(JSON.parse(output), { statuses: { 200: 50 }, untouched: true });
+  });
+
+  it("leaves alone a class of the app's in a route it set, and passes every argument on in one shaped as a Layer", async () => {
+    const receiver = await startLineServer();
+    const mw = tcplog({ host: '127.0.0.1', port: receiver.port });
+    class Job {
+      handleRequest(...args: unknown[]): unknown {
+        return args[3];
+      }
+    }
+    class LayerLike {
+      match(): boolean {
+        return true;
+      }
+      handleError(): void {}
+      handleRequest(...args: unknown[]): unknown {
+        return args[3];
+      }
+    }
+    /* eslint-disable @typescript-eslint/unbound-method -- compared, not called */
+    const job = Job.prototype.handleRequest;
+    const layerLike = LayerLike.prototype.handleRequest;
+    const app = express5();
+    app.use(mw);
+    let turn = 0;
+    app.use((req, res) => {
+      // An app that sets `req.route` itself, to something with a stack.
+      (req as { route?: unknown }).route = { path: '/job', stack: [turn++ === 0 ? new Job() : new LayerLike()] };
+      res.send('ok');
+    });
+    const http = await listen(app);
+    try {
+      assert.equal((await request(http.port, '/')).status, 200);
+      assert.equal((await request(http.port, '/')).status, 200);
+      await receiver.waitForLines(2);
+      assert.deepEqual(
+        receiver.records().map((r) => r['route']),
+        [
+          { path: '/job', base_url: '' },
+          { path: '/job', base_url: '' },
+        ],
+      );
+      assert.equal(Job.prototype.handleRequest, job, 'not shaped as a Layer: not wrapped');
+      assert.equal(new LayerLike().handleRequest(1, 2, 3, 'fourth'), 'fourth');
+      assert.notEqual(LayerLike.prototype.handleRequest, layerLike, 'shaped as a Layer: wrapped');
+      /* eslint-enable @typescript-eslint/unbound-method */
+    } finally {
+      await http.close();
+      await mw.close();
+      await receiver.close();
+    }
+  });
+});
+
 describe("a socket handed to an 'upgrade' handler", () => {
   const cases = [
     { copies: 1, onceListener: false },
