@@ -10,6 +10,7 @@
  * on-finished with one `writeHead` hook, Node's own announcement of each finished response (the
  * `http.server.response.finish` diagnostics channel) and one 'close' listener per connection; a
  * response that does not come from a Node HTTP server gets 'finish' and 'close' listeners instead.
+ * The base a route ran under comes from a hook on Express's router layers (routehooks.ts).
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
