@@ -553,6 +553,28 @@ describe('servers made with their own ServerResponse class, and HTTP/1.0', () =>
  * Runs `script` in a Node process of its own, from the project's root. `asFile`: from a file in
  * the build directory rather than `-e`, whose module keeps every module the script loads.
  */
+/**
+ * For the scripts runNode() runs: `records`, what a receiver of their own has read (started by
+ * `receiveRecords(onListening)`, which returns its server), and `get(port, uri)`, one request on a
+ * new connection, resolved with its status once its body is read.
+ */
+const CHILD_KIT = `
+  const records = [];
+  function receiveRecords(onListening) {
+    const server = require('node:net').createServer((socket) => {
+      let text = '';
+      socket.setEncoding('utf8');
+      socket.on('data', (chunk) => {
+        text += chunk;
+        for (let at; (at = text.indexOf('\\r\\n')) !== -1; text = text.slice(at + 2)) records.push(JSON.parse(text.slice(0, at)));
+      });
+    });
+    return server.listen(0, '127.0.0.1', onListening);
+  }
+  const get = (port, uri) => new Promise((resolve, reject) =>
+    require('node:http').get({ host: '127.0.0.1', port, path: uri, agent: false }, (res) => res.resume().on('end', () => resolve(res.statusCode))).on('error', reject));
+`;
+
 async function runNode(
   script: string,
   { flags = [], asFile = false }: { flags?: string[]; asFile?: boolean } = {},
@@ -629,7 +651,6 @@ describe('the package loaded again and again in one process', () => {
     const lib = path.resolve(__dirname, '../lib/index.js');
     const script = `
       const http = require('node:http');
-      const net = require('node:net');
       const path = require('node:path');
       const dir = path.dirname(${JSON.stringify(lib)}) + path.sep;
       function load() {
@@ -639,18 +660,8 @@ describe('the package loaded again and again in one process', () => {
         module.children.length = 0;
         return tcplog;
       }
-      const uris = [];
-      const receiver = net.createServer((socket) => {
-        let text = '';
-        socket.setEncoding('utf8');
-        socket.on('data', (chunk) => {
-          text += chunk;
-          for (let at; (at = text.indexOf('\\r\\n')) !== -1; text = text.slice(at + 2)) uris.push(JSON.parse(text.slice(0, at)).request.uri);
-        });
-      });
-      const get = (port, uri) => new Promise((resolve, reject) =>
-        http.get({ host: '127.0.0.1', port, path: uri, agent: false }, (res) => res.resume().on('end', resolve)).on('error', reject));
-      receiver.listen(0, '127.0.0.1', async () => {
+      ${CHILD_KIT}
+      const receiver = receiveRecords(async () => {
         const loads = [];
         const writeHeads = new Set();
         for (let i = 0; i < 20; i++) {
@@ -664,7 +675,7 @@ describe('the package loaded again and again in one process', () => {
           await new Promise((resolve) => server.close(resolve));
           await mw.close();
         }
-        while (uris.length < 20) await new Promise((resolve) => setTimeout(resolve, 10));
+        while (records.length < 20) await new Promise((resolve) => setTimeout(resolve, 10));
         for (let i = 0; i < 5; i++) {
           globalThis.gc();
           await new Promise((resolve) => setTimeout(resolve, 20));
@@ -672,7 +683,7 @@ describe('the package loaded again and again in one process', () => {
         console.log(JSON.stringify({
           hooks: writeHeads.size,
           alive: loads.filter((ref) => ref.deref() !== undefined).length,
-          uris: uris.join(),
+          uris: records.map((r) => r.request.uri).join(),
         }));
         process.exit(0);
       });`;
@@ -688,7 +699,6 @@ describe('the package loaded again and again in one process', () => {
     const lib = path.resolve(__dirname, '../lib/index.js');
     const script = `
       const http = require('node:http');
-      const net = require('node:net');
       const path = require('node:path');
       const express = require('express');
       const Layer = require('router/lib/layer');
@@ -697,18 +707,8 @@ describe('the package loaded again and again in one process', () => {
         for (const file of Object.keys(require.cache)) if (file.startsWith(dir)) delete require.cache[file];
         return require(${JSON.stringify(lib)});
       }
-      const records = [];
-      const receiver = net.createServer((socket) => {
-        let text = '';
-        socket.setEncoding('utf8');
-        socket.on('data', (chunk) => {
-          text += chunk;
-          for (let at; (at = text.indexOf('\\r\\n')) !== -1; text = text.slice(at + 2)) records.push(JSON.parse(text.slice(0, at)));
-        });
-      });
-      const get = (port, uri) => new Promise((resolve, reject) =>
-        http.get({ host: '127.0.0.1', port, path: uri, agent: false }, (res) => res.resume().on('end', () => resolve(res.statusCode))).on('error', reject));
-      receiver.listen(0, '127.0.0.1', async () => {
+      ${CHILD_KIT}
+      const receiver = receiveRecords(async () => {
         const original = Layer.prototype.handleRequest;
         const port = receiver.address().port;
         // Both open at once: the hook reports to each of them.
@@ -770,7 +770,6 @@ describe('route.base_url in a fresh process, where no router is hooked yet', () 
       const script = `
       const fs = require('node:fs');
       const http = require('node:http');
-      const net = require('node:net');
       const os = require('node:os');
       const path = require('node:path');
       const connect = require('connect');
@@ -788,18 +787,8 @@ describe('route.base_url in a fresh process, where no router is hooked yet', () 
       const ours = require(${JSON.stringify(lib)});
       const other = require(path.join(copy, 'index.js'));
       const pass = (req, res, next) => next();
-      const records = [];
-      const receiver = net.createServer((socket) => {
-        let text = '';
-        socket.setEncoding('utf8');
-        socket.on('data', (chunk) => {
-          text += chunk;
-          for (let at; (at = text.indexOf('\\r\\n')) !== -1; text = text.slice(at + 2)) records.push(JSON.parse(text.slice(0, at)));
-        });
-      });
-      const get = (port, uri) => new Promise((resolve, reject) =>
-        http.get({ host: '127.0.0.1', port, path: uri, agent: false }, (res) => res.resume().on('end', () => resolve(res.statusCode))).on('error', reject));
-      receiver.listen(0, '127.0.0.1', async () => {
+      ${CHILD_KIT}
+      const receiver = receiveRecords(async () => {
         const port = receiver.address().port;
         const instances = [];
         const log = (name, factory = ours) => {
@@ -889,13 +878,13 @@ describe("route.base_url: classes that are not Express's, or cannot be marked", 
     const lib = path.resolve(__dirname, '../lib/index.js');
     const script = `
       const http = require('node:http');
-      const net = require('node:net');
       const express = require('express');
       const Layer = require('router/lib/layer');
       Object.seal(Layer.prototype);
       const original = Layer.prototype.handleRequest;
       const tcplog = require(${JSON.stringify(lib)});
-      const receiver = net.createServer((socket) => socket.resume()).listen(0, '127.0.0.1', async () => {
+      ${CHILD_KIT}
+      const receiver = receiveRecords(async () => {
         const mw = tcplog({ host: '127.0.0.1', port: receiver.address().port });
         let app;
         const server = http.createServer((req, res) => app(req, res));
@@ -906,8 +895,7 @@ describe("route.base_url: classes that are not Express's, or cannot be marked", 
           app = express();
           app.use(mw);
           app.get('/x', (req, res) => res.send('ok'));
-          const status = await new Promise((resolve, reject) =>
-            http.get({ host: '127.0.0.1', port: server.address().port, path: '/x', agent: false }, (res) => res.resume().on('end', () => resolve(res.statusCode))).on('error', reject));
+          const status = await get(server.address().port, '/x');
           statuses[status] = (statuses[status] ?? 0) + 1;
         }
         console.log(JSON.stringify({ statuses, untouched: Layer.prototype.handleRequest === original }));
