@@ -13,6 +13,9 @@
  *   noop            a middleware that only calls next(): what any middleware costs (opt-in mode)
  *   fixed-batched   on 'finish', a fixed 1 KiB line, writes coalesced once per event-loop turn:
  *                   what shipping the bytes alone costs, with no record to build (opt-in mode)
+ *   express-tcplog-capture
+ *                   this build with the record cut out: what the capture costs, with nothing
+ *                   written, queued or sent (opt-in mode; see captureCut in harness.js)
  */
 const fs = require('node:fs');
 const net = require('node:net');
@@ -29,12 +32,15 @@ const MODES = [
   'naive',
   'naive-batched',
   'fixed-batched',
+  'express-tcplog-capture',
 ];
 const mode = process.env.BENCH_MODE || 'none';
 const sinkPort = Number(process.env.BENCH_SINK_PORT);
 const SINK_HOST = '127.0.0.1';
 if (!MODES.includes(mode)) throw new Error(`BENCH_MODE must be one of ${MODES.join(', ')}; got ${mode}`);
-if (mode !== 'none' && mode !== 'noop' && !(sinkPort > 0)) throw new Error('BENCH_SINK_PORT is required');
+/** The modes that send nothing, and so have no sink. */
+const SILENT = ['none', 'noop', 'express-tcplog-capture'];
+if (!SILENT.includes(mode) && !(sinkPort > 0)) throw new Error('BENCH_SINK_PORT is required');
 
 /** What the logger needs done at the end, and its counters when it has some. */
 const logger = { stats: null, close: async () => {}, ready: Promise.resolve() };
@@ -112,16 +118,21 @@ function addLogger(app) {
       });
       return;
     case 'express-tcplog':
-    case 'express-tcplog-baseline': {
+    case 'express-tcplog-baseline':
+    case 'express-tcplog-capture': {
       // The drivers pass a snapshot of dist/ (see harness.js); alone, the package's own build.
-      // The baseline is another build of the package, for A/B measurements of a change.
-      const tcplog = require(
-        mode === 'express-tcplog-baseline'
-          ? process.env.BENCH_BASELINE_MODULE
-          : process.env.BENCH_TCPLOG_MODULE || 'express-tcplog',
-      );
+      // The baseline is another build of the package, for A/B measurements of a change; the
+      // capture, this build with the record cut out.
+      const modules = {
+        'express-tcplog': process.env.BENCH_TCPLOG_MODULE || 'express-tcplog',
+        'express-tcplog-baseline': process.env.BENCH_BASELINE_MODULE,
+        'express-tcplog-capture': process.env.BENCH_CAPTURE_MODULE,
+      };
+      if (!modules[mode]) throw new Error(`${mode}: no module to load (see harness.js)`);
+      const tcplog = require(modules[mode]);
       const extra = process.env.BENCH_TCPLOG_OPTIONS ? JSON.parse(process.env.BENCH_TCPLOG_OPTIONS) : {};
-      const middleware = tcplog({ host: SINK_HOST, port: sinkPort, ...extra });
+      // The capture sends nothing, so it never connects: the port only has to be valid.
+      const middleware = tcplog({ host: SINK_HOST, port: sinkPort > 0 ? sinkPort : 9, ...extra });
       logger.stats = () => middleware.stats();
       logger.close = () => middleware.close();
       app.use(middleware);

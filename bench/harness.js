@@ -24,7 +24,46 @@ const FORMATS = {
   // Another build of this package (BENCH_BASELINE_MODULE, e.g. a copy of dist/ from main), to
   // measure a change side by side with what it replaces.
   'express-tcplog-baseline': 'json',
+  // This build with the record cut out (see captureCut): it sends nothing.
+  'express-tcplog-capture': null,
 };
+
+/**
+ * Where the cut goes: right after the finish has gathered what the record needs, before the
+ * record is written, queued and sent. Checked to appear once: a cut that silently missed would
+ * measure the whole package under another name.
+ */
+const CUT_AFTER = 'const captured = describe(exchange, res);';
+
+/**
+ * A copy of the snapshot at `snapshotIndex` (see snapshotDist) whose finish returns once it has
+ * gathered what the record needs: the capture alone, for `express-tcplog-capture`. Returns the
+ * copy's index.js; the copy is removed at exit.
+ */
+function captureCut(snapshotIndex) {
+  const from = path.dirname(snapshotIndex);
+  const copy = `${from}-capture`;
+  fs.rmSync(copy, { recursive: true, force: true });
+  fs.cpSync(from, copy, { recursive: true });
+  process.on('exit', function removeCut() {
+    fs.rmSync(copy, { recursive: true, force: true });
+  });
+  const file = path.join(copy, 'middleware.js');
+  const source = fs.readFileSync(file, 'utf8');
+  const at = source.indexOf(CUT_AFTER);
+  if (at === -1 || source.indexOf(CUT_AFTER, at + 1) !== -1) {
+    throw new Error(
+      `express-tcplog-capture: \`${CUT_AFTER}\` must appear once in dist/middleware.js to cut the ` +
+        `record out there; found ${at === -1 ? 'no' : 'more than one'} (update CUT_AFTER in bench/harness.js)`,
+    );
+  }
+  const end = at + CUT_AFTER.length;
+  fs.writeFileSync(
+    file,
+    `${source.slice(0, end)}\nif (captured !== null) return; // bench: capture only${source.slice(end)}`,
+  );
+  return path.join(copy, 'index.js');
+}
 
 /**
  * Copies dist/ aside for the whole run: every app process then loads the same build, even when
@@ -108,10 +147,15 @@ async function startLoad() {
 }
 
 async function startApp(mode, sinkPort, { env = {}, execArgv = [], execPath, readyTimeoutMs } = {}) {
+  if (mode === 'express-tcplog-capture' && captureModule === null) {
+    if (tcplogModule === null) throw new Error('express-tcplog-capture: call useTcplogModule(snapshot) first');
+    captureModule = captureCut(tcplogModule);
+  }
   const app = startChild('app.js', {
     name: `app (${mode})`,
     env: {
       BENCH_TCPLOG_MODULE: tcplogModule || '',
+      BENCH_CAPTURE_MODULE: captureModule || '',
       // Relative to where the benchmark was started, like any path on a command line.
       BENCH_BASELINE_MODULE: process.env.BENCH_BASELINE_MODULE ? path.resolve(process.env.BENCH_BASELINE_MODULE) : '',
       ...env,
@@ -145,9 +189,12 @@ async function waitForSink(sink, target, { quietMs = 500, maxMs = 15_000, pollMs
 }
 
 let tcplogModule = null;
+/** The cut copy of that build, made when a mode first needs it (see captureCut). */
+let captureModule = null;
 /** Makes later app processes load express-tcplog from this path (see snapshotDist). */
 function useTcplogModule(modulePath) {
   tcplogModule = modulePath;
+  captureModule = null;
 }
 
 module.exports = {

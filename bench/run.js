@@ -8,7 +8,9 @@
  * every segment; the app's process.cpuUsage() is read just before and just after each segment.
  * Ratios to `none` are taken per segment, between neighbours in time, and their median reported:
  * on a shared 2-core host the machine's speed drifts by tens of percent within a minute.
- * Each logging mode has its own sink process, so every record is attributed to its mode.
+ * Each logging mode has its own sink process, so every record is attributed to its mode. Then
+ * express-tcplog is paired per segment with every other logger in the run, and the capture
+ * alone (express-tcplog-capture) with shipping a fixed line (fixed-batched).
  *
  *   BENCH_REQUESTS     measured requests per (round, mode)     default 20000
  *   BENCH_SEGMENTS     segments each round's requests are cut into   default 20
@@ -16,8 +18,10 @@
  *   BENCH_ROUNDS       rounds                                   default 5
  *   BENCH_CONNECTIONS  autocannon connections                   default 32
  *   BENCH_PIN          0: do not give the app a core of its own (see harness.js)
- *   BENCH_MODES        comma-separated modes (also: naive-batched, and express-tcplog-baseline
- *                      with BENCH_BASELINE_MODULE=/path/to/another/dist/index.js)
+ *   BENCH_MODES        comma-separated modes (also: noop, naive-batched, fixed-batched,
+ *                      express-tcplog-capture, and express-tcplog-baseline with
+ *                      BENCH_BASELINE_MODULE=/path/to/another/dist/index.js); `npm run bench:split`
+ *                      runs none, fixed-batched, express-tcplog-capture and express-tcplog
  *
  * Writes bench/results/latest.json and latest.md. Exits 1 only if express-tcplog delivered
  * fewer records than requests made.
@@ -158,12 +162,15 @@ async function runRound(round, sinks, load) {
   }
 }
 
-/** `value(mode) / value(none)` for every segment, `none` taken in the same round and segment. */
-function pairedRatios(segments, mode, value) {
+/**
+ * `value(mode) / value(baseMode)` for every segment, `baseMode` (default `none`) taken in the same
+ * round and segment.
+ */
+function pairedRatios(segments, mode, value, baseMode = 'none') {
   return segments
     .filter((s) => s.mode === mode)
     .map((s) => {
-      const base = segments.find((b) => b.mode === 'none' && b.round === s.round && b.segment === s.segment);
+      const base = segments.find((b) => b.mode === baseMode && b.round === s.round && b.segment === s.segment);
       return base ? value(s) / value(base) : null;
     })
     .filter((r) => r !== null && Number.isFinite(r));
@@ -172,6 +179,49 @@ function pairedRatios(segments, mode, value) {
 /** Median over every segment of `value(mode) / value(none)` in the same round and segment. */
 function pairedRatio(segments, mode, value) {
   return median(pairedRatios(segments, mode, value));
+}
+
+/**
+ * The comparisons the README quotes besides the ratios to `none`, each paired per segment:
+ * express-tcplog against every other logger in the run, and the capture alone against
+ * express-tcplog's whole and against shipping a fixed line.
+ */
+function modePairs(modes) {
+  const pairs = [];
+  const has = (mode) => modes.includes(mode);
+  if (has('express-tcplog')) {
+    for (const other of modes)
+      if (other !== 'none' && other !== 'express-tcplog') pairs.push(['express-tcplog', other]);
+  }
+  if (has('express-tcplog-capture') && has('fixed-batched')) pairs.push(['express-tcplog-capture', 'fixed-batched']);
+  return pairs;
+}
+
+function pairRows(segments) {
+  return modePairs(config.modes).map(([mode, base]) => {
+    const cpu = pairedRatios(segments, mode, (s) => s.cpuPerRequest, base);
+    const interval = medianInterval(cpu);
+    return {
+      mode,
+      base,
+      cpu: cpu.length ? median(cpu) : null,
+      cpuInterval: interval,
+      rps: median(pairedRatios(segments, mode, (s) => s.rps, base)),
+    };
+  });
+}
+
+const PAIR_HEADERS = ['mode', 'against', 'CPU ×', '95 % interval', 'req/s ×'];
+
+function pairTableRows(pairs) {
+  const ratio = (r) => (r === null || r === undefined || Number.isNaN(r) ? '–' : `${r.toFixed(2)}×`);
+  return pairs.map((pair) => [
+    pair.mode,
+    pair.base,
+    ratio(pair.cpu),
+    pair.cpuInterval ? `${pair.cpuInterval[0].toFixed(2)}-${pair.cpuInterval[1].toFixed(2)}` : '–',
+    ratio(pair.rps),
+  ]);
 }
 
 /**
@@ -319,6 +369,12 @@ async function main() {
       `round and segment), with its 95 % bootstrap interval\n`,
   );
   console.log(table);
+  const pairs = pairRows(segments);
+  const pairRowsText = pairTableRows(pairs);
+  if (pairs.length > 0) {
+    console.log('\nPaired per segment with each other (same round and segment), medians and 95 % intervals\n');
+    console.log(formatTable(PAIR_HEADERS, pairRowsText));
+  }
 
   const info = machine();
   const markdown =
@@ -326,7 +382,10 @@ async function main() {
     `${describePinning()}; ` +
     `${config.rounds} rounds of ${config.requests} requests in ${config.segments} interleaved segments, after ` +
     `${config.warmup} warm-up, ${config.connections} connections; medians. "paired" is the median of ` +
-    `per-segment ratios to none, with its 95 % bootstrap interval.\n\n${formatMarkdown(HEADERS, rows)}\n`;
+    `per-segment ratios to none, with its 95 % bootstrap interval.\n\n${formatMarkdown(HEADERS, rows)}\n` +
+    (pairs.length > 0
+      ? `\nPaired per segment with each other:\n\n${formatMarkdown(PAIR_HEADERS, pairRowsText)}\n`
+      : '');
   writeResult('latest.md', markdown);
   writeResult(
     'latest.json',
@@ -338,6 +397,7 @@ async function main() {
         source,
         config,
         summary,
+        pairs,
         samples,
         segments,
       },
