@@ -548,11 +548,6 @@ describe('servers made with their own ServerResponse class, and HTTP/1.0', () =>
   });
 });
 
-/** Runs `script` in a Node process of its own, from the project root; killed after 15 s. */
-/**
- * Runs `script` in a Node process of its own, from the project's root. `asFile`: from a file in
- * the build directory rather than `-e`, whose module keeps every module the script loads.
- */
 /**
  * For the scripts runNode() runs: `records`, what a receiver of their own has read (started by
  * `receiveRecords(onListening)`, which returns its server), and `get(port, uri)`, one request on a
@@ -575,6 +570,11 @@ const CHILD_KIT = `
     require('node:http').get({ host: '127.0.0.1', port, path: uri, agent: false }, (res) => res.resume().on('end', () => resolve(res.statusCode))).on('error', reject));
 `;
 
+/**
+ * Runs `script` in a Node process of its own, from the project's root; killed after 15 s.
+ * `asFile`: from a file in the build directory rather than `-e`, whose module keeps every module
+ * the script loads.
+ */
 async function runNode(
   script: string,
   { flags = [], asFile = false }: { flags?: string[]; asFile?: boolean } = {},
