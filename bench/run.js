@@ -204,7 +204,7 @@ function pairRows(segments) {
     return {
       mode,
       base,
-      cpu: cpu.length ? median(cpu) : null,
+      cpu: median(cpu),
       cpuInterval: interval,
       rps: median(pairedRatios(segments, mode, (s) => s.rps, base)),
     };
@@ -213,14 +213,23 @@ function pairRows(segments) {
 
 const PAIR_HEADERS = ['mode', 'against', 'CPU ×', '95 % interval', 'req/s ×'];
 
+/** A ratio as the tables print it; '–' when there is none. */
+function formatRatio(r) {
+  return r === null ? '–' : `${r.toFixed(2)}×`;
+}
+
+/** A 95 % interval (see medianInterval) as the tables print it; '–' when there is none. */
+function formatInterval(interval) {
+  return interval ? `${interval[0].toFixed(2)}-${interval[1].toFixed(2)}` : '–';
+}
+
 function pairTableRows(pairs) {
-  const ratio = (r) => (r === null || r === undefined || Number.isNaN(r) ? '–' : `${r.toFixed(2)}×`);
   return pairs.map((pair) => [
     pair.mode,
     pair.base,
-    ratio(pair.cpu),
-    pair.cpuInterval ? `${pair.cpuInterval[0].toFixed(2)}-${pair.cpuInterval[1].toFixed(2)}` : '–',
-    ratio(pair.rps),
+    formatRatio(pair.cpu),
+    formatInterval(pair.cpuInterval),
+    formatRatio(pair.rps),
   ]);
 }
 
@@ -284,16 +293,15 @@ function summarize(samples, segments) {
 
 function tableRows(summary) {
   const pct = (f) => (f === null ? '–' : `${(f * 100).toFixed(f === 1 ? 0 : 2)} %`);
-  const ratio = (r) => (r === null ? '–' : `${r.toFixed(2)}×`);
   return summary.map((row) => [
     row.mode,
     row.cpuPerRequest.toFixed(1),
     row.systemPerRequest.toFixed(1),
-    ratio(row.cpuRatio),
-    ratio(row.pairedCpuRatio),
-    row.pairedCpuInterval ? `${row.pairedCpuInterval[0].toFixed(2)}-${row.pairedCpuInterval[1].toFixed(2)}` : '–',
+    formatRatio(row.cpuRatio),
+    formatRatio(row.pairedCpuRatio),
+    formatInterval(row.pairedCpuInterval),
     Math.round(row.rps).toString(),
-    ratio(row.pairedRpsRatio),
+    formatRatio(row.pairedRpsRatio),
     row.p99.toFixed(0),
     (row.rss / 2 ** 20).toFixed(0),
     pct(row.delivered),
